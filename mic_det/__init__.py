@@ -1,0 +1,9 @@
+"""mic_det: Masked Image Consistency (MIC) for domain adaptation on Detectron2.
+
+Importing the package registers its meta-architectures, heads and built-in
+datasets with Detectron2's registries, the way Detectron2 projects do.
+"""
+from .config import add_mic_config
+
+__version__ = "0.1.0"
+__all__ = ["add_mic_config"]

@@ -1,0 +1,109 @@
+"""Every config key mic_det adds to Detectron2, each with its default.
+
+Defaults follow the MIC paper and its detection code (Hoyer et al., CVPR 2023)
+unless a comment says otherwise. Detectron2's own keys keep their meaning:
+``DATASETS.TRAIN`` is the labelled *source* stream, ``DATASETS.TEST`` the
+evaluation sets.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_mic_config"]
+
+
+def add_mic_config(cfg: CN) -> CN:
+    """Add mic_det's keys to ``cfg`` in place (and return it for chaining)."""
+    _C = cfg
+
+    # ---------------------------------------------------------------- datasets
+    # Unlabelled target-domain stream(s). Annotations, if the set has any, are
+    # never read for training.
+    _C.DATASETS.TRAIN_TARGET = ()
+    # Target images per step; -1 means the same as SOLVER.IMS_PER_BATCH.
+    _C.DATALOADER.TARGET_IMS_PER_BATCH = -1
+    # Root of the built-in procedural domain pair ("" = $DETECTRON2_DATASETS/mic_synthetic).
+    _C.DATASETS.SYNTHETIC_ROOT = ""
+
+    # --------------------------------------------------------------------- MIC
+    _C.MIC = CN()
+    # Master switch for the masked-image-consistency loss.
+    _C.MIC.ENABLED = False
+    # lambda_M: weight of the MIC loss in the total.
+    _C.MIC.LOSS_WEIGHT = 1.0
+    # b: mask block size, in network-input pixels.
+    _C.MIC.MASK_BLOCK_SIZE = 32
+    # r: fraction of blocks hidden (a block is kept where v > r, v ~ U[0, 1]).
+    _C.MIC.MASK_RATIO = 0.5
+    # alpha: teacher <- alpha * teacher + (1 - alpha) * student after each step.
+    _C.MIC.EMA_ALPHA = 0.9
+    # delta: teacher boxes scoring below this are not pseudo-labels.
+    _C.MIC.PSEUDO_SCORE_THRESH = 0.8
+    # IoU of the class-wise NMS applied to the teacher's boxes before thresholding.
+    _C.MIC.PSEUDO_NMS_THRESH = 0.5
+    # Weight of the box-regression losses (RPN and RoI) learned from pseudo-boxes.
+    # 0.0 = the reference code: pseudo-boxes teach classification and objectness only.
+    _C.MIC.PSEUDO_BOX_REG_WEIGHT = 0.0
+    # q_T, the per-RoI / per-anchor quality weight of the MIC loss:
+    #   "teacher_score": the teacher's score of the matched pseudo-box (the paper's formula),
+    #   "student_prob":  the student's own detached max-softmax / objectness (the reference code),
+    #   "none":          every pseudo-labelled RoI weighs 1.
+    _C.MIC.QUALITY_WEIGHT = "teacher_score"
+    # Also learn the labelled source image from a masked copy (paper's ablation
+    # for small domain gaps); its losses are logged with the "_masked_src" suffix.
+    _C.MIC.MASK_SOURCE = False
+    # Iterations of plain source training before the teacher is copied from the
+    # student and MIC starts. 0 = the reference (MIC from the first step).
+    _C.MIC.BURN_IN_ITERS = 0
+    # Evaluate the EMA teacher next to the student at every evaluation.
+    _C.MIC.EVAL_TEACHER = True
+    # Log pseudo-label precision/recall against the target stream's own labels
+    # when it has them (a measurement only: the labels never reach a loss).
+    _C.MIC.LOG_PSEUDO_LABEL_QUALITY = False
+    # Colour jitter and blur on the masked view, drawn afresh per image and step.
+    _C.MIC.MASK_AUG = CN()
+    _C.MIC.MASK_AUG.ENABLED = True
+    # Probability that colour jitter is applied to an image at a step.
+    _C.MIC.MASK_AUG.COLOR_JITTER_PROB = 0.2
+    # Strength s of brightness/contrast/saturation (s) and hue (s / 4) jitter.
+    _C.MIC.MASK_AUG.COLOR_JITTER_STRENGTH = 0.2
+    # Probability of a Gaussian blur with sigma ~ U[0.15, 1.15] (as the reference).
+    _C.MIC.MASK_AUG.BLUR_PROB = 0.5
+
+    # --------------------------------------------------- base UDA (SADA / DA-Faster)
+    _C.UDA = CN()
+    # Master switch; the pieces below only act when it is on.
+    _C.UDA.ENABLED = False
+    # Image-level domain discriminator on every backbone feature map.
+    _C.UDA.IMG_DA = CN()
+    _C.UDA.IMG_DA.ENABLED = True
+    _C.UDA.IMG_DA.LOSS_WEIGHT = 0.025
+    # Gradient-reversal factor in front of the image discriminator.
+    _C.UDA.IMG_DA.GRL_WEIGHT = 1.0
+    # Instance-level domain discriminator on RoI box-head features.
+    _C.UDA.INS_DA = CN()
+    _C.UDA.INS_DA.ENABLED = True
+    _C.UDA.INS_DA.LOSS_WEIGHT = 0.1
+    _C.UDA.INS_DA.GRL_WEIGHT = 1.0
+    # Hidden width of the instance discriminator MLP.
+    _C.UDA.INS_DA.HIDDEN_DIM = 256
+    # RoIs per target image fed to the instance discriminator (top RPN proposals).
+    _C.UDA.INS_DA.TARGET_ROIS_PER_IMAGE = 64
+    # Consistency between image-level and instance-level domain predictions.
+    _C.UDA.CONSISTENCY = CN()
+    _C.UDA.CONSISTENCY.ENABLED = True
+    _C.UDA.CONSISTENCY.LOSS_WEIGHT = 0.1
+
+    # -------------------------------------------------------------- evaluation
+    # Which weights `--eval-only` and evaluation hooks evaluate: "student", "teacher" or "both".
+    _C.TEST.EVAL_MODEL = "both"
+    _C.TEST.BEST_CHECKPOINT = CN()
+    _C.TEST.BEST_CHECKPOINT.ENABLED = True
+    # Metric key inside the evaluation results, e.g. "bbox/AP50".
+    _C.TEST.BEST_CHECKPOINT.METRIC = "bbox/AP50"
+    # Dataset to select on ("" = the first of DATASETS.TEST). Pointing it at a
+    # labelled *source* val set keeps target labels out of model selection.
+    _C.TEST.BEST_CHECKPOINT.DATASET = ""
+    # "student" or "teacher": whose result selects the checkpoint.
+    _C.TEST.BEST_CHECKPOINT.MODEL = "student"
+    # "max" or "min".
+    _C.TEST.BEST_CHECKPOINT.MODE = "max"
+    return cfg
