@@ -1,9 +1,11 @@
 """mic_det: Masked Image Consistency (MIC) for domain adaptation on Detectron2.
 
-Importing the package registers its meta-architectures, heads and built-in
+Importing the package registers its meta-architecture, heads and built-in
 datasets with Detectron2's registries, the way Detectron2 projects do.
 """
 from .config import add_mic_config
+from . import data  # noqa: F401  (registers datasets)
+from . import modeling  # noqa: F401  (registers DomainAdaptiveRCNN, MICRPN, MICROIHeads)
 
 __version__ = "0.1.0"
 __all__ = ["add_mic_config"]

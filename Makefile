@@ -1,0 +1,60 @@
+# mic_det: every target creates the project-local environment first (.venv/).
+#   make            the environment (torch 2.3.1, Detectron2 wheel, mic_det -e)
+#   make demo       built-in clear -> foggy pair: source-only vs MIC, AP table
+#   make test       the test suite
+#   make bench      both benchmarks (accuracy, speed); see BENCHMARKS.md
+
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
+# Two cores: one intra-op thread per process keeps the data worker from fighting the step.
+export OMP_NUM_THREADS ?= 2
+
+# A working Python 3.10: plain python3.10 first, then pyenv's 3.10.x.
+PYTHON310 := $(shell \
+  if python3.10 -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1; then command -v python3.10; \
+  elif command -v pyenv >/dev/null 2>&1; then \
+    for v in $$(pyenv versions --bare 2>/dev/null | grep -E '^3\.10(\.|$$)' | sort -rV); do \
+      p="$$(pyenv root)/versions/$$v/bin/python3.10"; [ -x "$$p" ] && { echo "$$p"; break; }; done; \
+  fi)
+
+.PHONY: all env demo test bench bench-accuracy bench-speed data clean-env
+
+all: env
+env: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@if [ -z "$(PYTHON310)" ]; then \
+	  echo "error: mic_det needs Python 3.10 (the Detectron2 wheel sal-detectron2==0.7.2 is built for it)." >&2; \
+	  echo "  install it, e.g. 'apt-get install python3.10 python3.10-venv' or 'pyenv install 3.10.13'," >&2; \
+	  echo "  or, with Detectron2 already built from source, 'pip install -e .' into your own environment." >&2; \
+	  exit 1; fi
+	@echo "Using $(PYTHON310)"
+	test -x $(PY) || $(PYTHON310) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -c "import detectron2, torch, mic_det; print('detectron2', detectron2.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+data: $(STAMP)
+	$(PY) tools/make_synthetic.py
+
+demo: $(STAMP)
+	$(PY) tools/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: bench-accuracy bench-speed
+
+bench-accuracy: $(STAMP)
+	$(PY) benchmarks/adaptation.py $(BENCH_ARGS)
+
+bench-speed: $(STAMP)
+	$(PY) benchmarks/speed.py $(BENCH_ARGS)
+
+clean-env:
+	rm -rf $(VENV)

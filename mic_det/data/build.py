@@ -1,0 +1,70 @@
+"""Train loaders for the two streams: labelled source and unlabelled target.
+
+Both loaders sample through :class:`ResumableSampler`, so a resumed run
+continues each stream where the interrupted run stopped instead of replaying
+it from the start (Detectron2's own loaders restart their streams).
+"""
+import itertools
+from typing import Iterator, Optional
+
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.build import _train_loader_from_config
+from detectron2.data.samplers import TrainingSampler
+from torch.utils.data import Sampler
+
+from .mapper import DomainDatasetMapper
+
+__all__ = ["ResumableSampler", "build_source_loader", "build_target_loader", "target_batch_size"]
+
+
+class ResumableSampler(Sampler):
+    """Wraps an infinite (per-rank) sampler and skips its first ``skip`` indices.
+
+    The skip is set by the trainer after it has read the checkpoint and before
+    the loader's iterator is created (the sampler is copied into the workers
+    then), so skipping costs index generation only, never image decoding.
+    """
+
+    def __init__(self, sampler: Sampler):
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def target_batch_size(cfg: CfgNode) -> int:
+    """Target images per step across all workers (-1 = as many as source images)."""
+    n = cfg.DATALOADER.TARGET_IMS_PER_BATCH
+    return cfg.SOLVER.IMS_PER_BATCH if n < 0 else n
+
+
+def _loader(kwargs: dict):
+    """Detectron2's train loader with its sampler made resumable; the sampler is kept on the loader."""
+    sampler = ResumableSampler(kwargs["sampler"])
+    kwargs["sampler"] = sampler
+    loader = build_detection_train_loader(**kwargs)
+    loader.resumable_sampler = sampler
+    return loader
+
+
+def build_source_loader(cfg: CfgNode, dataset: Optional[list] = None):
+    """Detectron2's train loader over ``DATASETS.TRAIN``, skipping unreadable images."""
+    mapper = DomainDatasetMapper(cfg, is_train=True, labelled=True)
+    return _loader(_train_loader_from_config(cfg, mapper=mapper, dataset=dataset))
+
+
+def build_target_loader(cfg: CfgNode):
+    """Loader over ``DATASETS.TRAIN_TARGET``: same augmentation, no labels.
+
+    Images are never dropped for having no annotations (the target is
+    unlabelled by assumption), unlike Detectron2's FILTER_EMPTY_ANNOTATIONS.
+    """
+    if not cfg.DATASETS.TRAIN_TARGET:
+        raise ValueError("MIC.ENABLED / UDA.ENABLED need DATASETS.TRAIN_TARGET (the unlabelled target set)")
+    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN_TARGET, filter_empty=False)
+    mapper = DomainDatasetMapper(cfg, is_train=True, labelled=False)
+    kwargs = _train_loader_from_config(cfg, mapper=mapper, dataset=dicts, sampler=TrainingSampler(len(dicts)))
+    kwargs["total_batch_size"] = target_batch_size(cfg)
+    return _loader(kwargs)

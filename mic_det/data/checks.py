@@ -1,0 +1,114 @@
+"""Checks run before training: fail in the first second, not after the first hour.
+
+Domain adaptation joins datasets from different sources, so the usual way to
+get a silently wrong model is two domains that number their classes
+differently, or a ``NUM_CLASSES`` left at a base config's value. These checks
+turn those into one readable error naming the datasets and config keys.
+"""
+
+import difflib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from .domains import is_labelled
+
+__all__ = ["check_datasets_registered", "check_domain_classes", "dataset_names"]
+
+_KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.TRAIN_TARGET")
+
+
+def dataset_names(cfg) -> List[Tuple[str, str]]:
+    """``(config key, dataset name)`` for every dataset the config uses."""
+    out = []
+    for key in _KEYS:
+        node = cfg
+        for part in key.split("."):
+            node = node.get(part, ()) if hasattr(node, "get") else ()
+        if isinstance(node, str):
+            node = (node,)
+        out.extend((key, n) for n in node)
+    return out
+
+
+def check_datasets_registered(cfg) -> None:
+    """Raise a ``ValueError`` naming each unknown dataset and the closest registered names."""
+    registered = DatasetCatalog.list()
+    problems = []
+    for key, name in dataset_names(cfg):
+        if name in registered:
+            continue
+        close = difflib.get_close_matches(name, registered, n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else "no registered name is close"
+        problems.append(f"{key}: '{name}' is not a registered dataset ({hint})")
+    if problems:
+        raise ValueError(
+            "Unknown dataset name(s) in the config:\n  "
+            + "\n  ".join(problems)
+            + "\nRegister your own data with --register-coco NAME JSON IMAGE_ROOT, "
+            "--register-folder NAME IMAGE_DIR or --domains FILE (see docs/custom_domains.md)."
+        )
+
+
+def _thing_classes(name: str) -> Optional[List[str]]:
+    """The dataset's classes; loads a labelled set whose classes come from its file.
+
+    Loading also validates the labels, so a broken json fails here, before the
+    model is built, rather than in the data loader's first worker.
+    """
+    meta = MetadataCatalog.get(name)
+    classes = meta.get("thing_classes")
+    if classes is None and is_labelled(name):
+        DatasetCatalog.get(name)
+        classes = MetadataCatalog.get(name).get("thing_classes")
+    return list(classes) if classes is not None else None
+
+
+def check_domain_classes(cfg) -> None:
+    """All labelled domains share one class list, and the model predicts that many classes.
+
+    Unlabelled target sets (image folders) have no classes and pass, unless
+    they declare ``thing_classes``, which must then agree too.
+    """
+    check_datasets_registered(cfg)
+    lists: Dict[str, List[str]] = {}
+    for key, name in dataset_names(cfg):
+        if key == "DATASETS.TRAIN_TARGET" and not is_labelled(name):
+            declared = MetadataCatalog.get(name).get("thing_classes")
+            if declared is None:
+                continue
+        classes = _thing_classes(name)
+        if classes is None:
+            raise ValueError(
+                f"{key}: dataset '{name}' is labelled but has no thing_classes in its metadata."
+            )
+        lists[f"{name} ({key})"] = classes
+    if not lists:
+        return
+    (ref_name, ref), *others = lists.items()
+    for other_name, other in others:
+        if other != ref:
+            raise ValueError(
+                "Datasets disagree on their classes (names and order must match, the "
+                "class id is the position in the list):\n"
+                f"  {ref_name}: {ref}\n"
+                f"  {other_name}: {other}\n"
+                "Give both the same categories, or set thing_classes on a COCO domain "
+                "(--domains YAML) to match categories by name."
+            )
+    _check_num_classes(cfg, len(ref), ref_name, ref)
+
+
+def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str]) -> None:
+    keys = ["MODEL.ROI_HEADS.NUM_CLASSES"]
+    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+        keys = ["MODEL.RETINANET.NUM_CLASSES"]
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if node != num:
+            raise ValueError(
+                f"{key} is {node} but the datasets have {num} classes "
+                f"({ref_name}: {list(ref)}); set {key} {num}."
+            )

@@ -1,0 +1,233 @@
+"""One MIC training step: source losses, teacher pseudo-labels, masked target losses, EMA.
+
+::
+
+    source batch --> student --> supervised losses (+ domain losses with the target batch)
+    target batch --> teacher (eval, no_grad) --> pseudo-boxes (NMS, >= delta, input frame)
+                \\--> normalize --> augment --> block mask --> student(pseudo-boxes) --> *_mic losses
+    sum --> backward --> optimizer step --> EMA update of the teacher
+"""
+import contextlib
+import logging
+import time
+from typing import Dict, Iterable, List, Optional
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.engine import SimpleTrainer
+from detectron2.structures import Instances
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..data.build import target_batch_size
+from ..masking import BlockMaskGenerator, MaskAugmentation, apply_block_mask, mask_ratio_drawn
+from ..modeling.quality_weight import attach_image_quality
+from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats
+from ..teacher import EMATeacher, unwrap_model
+
+__all__ = ["MICStep", "DETECTION_LOSS_NAMES"]
+
+logger = logging.getLogger(__name__)
+
+# Losses of one plain Faster R-CNN forward; the masked streams carry them with a suffix.
+DETECTION_LOSS_NAMES = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
+
+
+class MICStep(SimpleTrainer):
+    """The training step of mic_det; with MIC and UDA off it is Detectron2's SimpleTrainer step.
+
+    Args:
+        cfg: the full config (reads ``MIC.*``, ``UDA.ENABLED``, ``SOLVER.AMP``).
+        model: the student (possibly DistributedDataParallel-wrapped).
+        source_loader, target_loader: infinite loaders of mapped dataset dicts;
+            ``target_loader`` may be None when neither MIC nor UDA is on.
+        optimizer: the student's optimizer.
+        teacher: the EMA teacher (None when MIC is off).
+    """
+
+    def __init__(
+        self,
+        cfg: CfgNode,
+        model: torch.nn.Module,
+        source_loader: Iterable,
+        target_loader: Optional[Iterable],
+        optimizer: torch.optim.Optimizer,
+        teacher: Optional[EMATeacher] = None,
+    ):
+        super().__init__(model, source_loader, optimizer)
+        self.cfg = cfg
+        self.target_loader = target_loader
+        self._target_iter = None
+        self.teacher = teacher
+        self.mic_enabled = cfg.MIC.ENABLED
+        self.uda_enabled = cfg.UDA.ENABLED
+        if (self.mic_enabled or self.uda_enabled) and target_loader is None:
+            raise ValueError("MIC/UDA training needs a target loader (DATASETS.TRAIN_TARGET)")
+        if self.mic_enabled and teacher is None:
+            raise ValueError("MIC.ENABLED needs an EMA teacher")
+        mic = cfg.MIC
+        self.burn_in_iters = mic.BURN_IN_ITERS
+        self.ema_alpha = mic.EMA_ALPHA
+        self.loss_weight = mic.LOSS_WEIGHT
+        self.score_thresh = mic.PSEUDO_SCORE_THRESH
+        self.nms_thresh = mic.PSEUDO_NMS_THRESH
+        self.mask_source = mic.MASK_SOURCE
+        self.log_quality = mic.LOG_PSEUDO_LABEL_QUALITY
+        self.mask_generator = BlockMaskGenerator(mic.MASK_BLOCK_SIZE, mic.MASK_RATIO)
+        student = unwrap_model(model)
+        self.pixel_mean = student.pixel_mean
+        self.pixel_std = student.pixel_std
+        self.mask_augmentation = None
+        if mic.MASK_AUG.ENABLED:
+            self.mask_augmentation = MaskAugmentation(
+                student.pixel_mean.flatten().tolist(),
+                student.pixel_std.flatten().tolist(),
+                color_jitter_prob=mic.MASK_AUG.COLOR_JITTER_PROB,
+                color_jitter_strength=mic.MASK_AUG.COLOR_JITTER_STRENGTH,
+                blur_prob=mic.MASK_AUG.BLUR_PROB,
+                input_format=cfg.INPUT.FORMAT,
+            )
+        self.amp = cfg.SOLVER.AMP.ENABLED and student.device.type == "cuda"
+        if cfg.SOLVER.AMP.ENABLED and not self.amp:
+            logger.warning("SOLVER.AMP.ENABLED is set but the model is on %s: training in fp32.", student.device)
+        self.grad_scaler = torch.cuda.amp.GradScaler() if self.amp else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+    @property
+    def mic_active(self) -> bool:
+        """MIC acts from the first iteration after the burn-in."""
+        return self.mic_enabled and self.iter >= self.burn_in_iters
+
+    def start_streams(self, start_iter: int) -> None:
+        """Start both data streams at the batch that iteration ``start_iter`` consumes.
+
+        The source stream gives one batch per step; the target stream one per
+        step that uses it (every step with UDA, the steps after the burn-in
+        with MIC alone). Loaders without a resumable sampler restart instead.
+        """
+        per_rank = {"source": self.cfg.SOLVER.IMS_PER_BATCH, "target": target_batch_size(self.cfg)}
+        world = comm.get_world_size()
+        if self.uda_enabled:
+            target_steps = start_iter
+        elif self.mic_enabled:
+            target_steps = max(0, start_iter - self.burn_in_iters)
+        else:
+            target_steps = 0
+        for name, loader, steps in (
+            ("source", self.data_loader, start_iter),
+            ("target", self.target_loader, target_steps),
+        ):
+            sampler = getattr(loader, "resumable_sampler", None)
+            if sampler is not None:
+                sampler.skip = steps * per_rank[name] // world
+            elif steps:
+                logger.warning("The %s loader cannot skip batches: its stream restarts on resume.", name)
+        self._data_loader_iter_obj = iter(self.data_loader)
+        if self.target_loader is not None:
+            self._target_iter = iter(self.target_loader)
+
+    def _next_target(self) -> List[Dict]:
+        if self._target_iter is None:
+            self._target_iter = iter(self.target_loader)
+        return next(self._target_iter)
+
+    # ------------------------------------------------------------------- step
+    def run_step(self):
+        assert self.model.training, "[MICStep] model was changed to eval mode!"
+        start = time.perf_counter()
+        source = next(self._data_loader_iter)
+        target = self._next_target() if (self.uda_enabled or self.mic_active) else None
+        data_time = time.perf_counter() - start
+
+        if self.mic_enabled and self.burn_in_iters > 0 and self.iter == self.burn_in_iters:
+            logger.info("Burn-in over at iteration %d: teacher <- student, MIC on.", self.iter)
+            self.teacher.reset(self.model)
+
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with autocast:
+            if self.uda_enabled:
+                loss_dict = self.model(source, target_inputs=target)
+            else:
+                loss_dict = self.model(source)
+            if self.mask_source and self.mic_active:
+                loss_dict.update(self._masked_losses(source, [x["instances"] for x in source], "_masked_src"))
+            if self.mic_active:
+                loss_dict.update(self._mic_losses(target))
+            losses = sum(loss_dict.values())
+
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        if self.mic_active:
+            self.teacher.update(self.model, self.ema_alpha)
+
+    # -------------------------------------------------------------------- MIC
+    @torch.no_grad()
+    def pseudo_label(self, target: List[Dict]) -> List[Instances]:
+        """Teacher boxes on the unmasked target view, in network-input coordinates."""
+        predictions = self.teacher.model.inference(target, do_postprocess=False)
+        return make_pseudo_labels(predictions, self.score_thresh, self.nms_thresh)
+
+    def _mic_losses(self, target: List[Dict]) -> Dict[str, torch.Tensor]:
+        pseudo = self.pseudo_label(target)
+        storage = get_event_storage()
+        stats = pseudo_label_stats(pseudo)
+        storage.put_scalars(**{f"mic/{k}": v for k, v in stats.items()})
+        if self.log_quality:
+            self._log_pseudo_label_quality(target, pseudo)
+        keep = [i for i, p in enumerate(pseudo) if len(p) > 0]
+        if not keep:
+            # Images without pseudo-boxes are left out; with none left the MIC
+            # loss is exactly zero (never NaN) and the step is a source step.
+            zero = self.pixel_mean.new_zeros(())
+            return {f"{k}_mic": zero for k in DETECTION_LOSS_NAMES}
+        targets = attach_image_quality([pseudo[i] for i in keep])
+        return self._masked_losses([target[i] for i in keep], targets, "_mic")
+
+    def _masked_losses(self, inputs: List[Dict], targets: List[Instances], suffix: str) -> Dict[str, torch.Tensor]:
+        """Student losses on block-masked copies of ``inputs`` against ``targets``."""
+        student = unwrap_model(self.model)
+        with torch.no_grad():
+            images = student.preprocess_image(inputs)
+            tensor = images.tensor
+            if self.mask_augmentation is not None:
+                tensor = self.mask_augmentation(tensor, images.image_sizes)
+            mask = self.mask_generator(tensor.shape[0], tensor.shape[-2], tensor.shape[-1], device=tensor.device)
+            tensor = apply_block_mask(tensor, mask, images.image_sizes)
+            # Back to pixel space: the student normalises its inputs itself, so
+            # the masked view enters through the same (DDP-wrapped) forward.
+            pixels = tensor * self.pixel_std + self.pixel_mean
+        get_event_storage().put_scalar(f"mic/mask_ratio{suffix}", mask_ratio_drawn(mask, images.image_sizes))
+        masked_inputs = [
+            {"image": pixels[i, :, :h, :w], "instances": t, "height": x.get("height", h), "width": x.get("width", w)}
+            for i, ((h, w), t, x) in enumerate(zip(images.image_sizes, targets, inputs))
+        ]
+        losses = self.model(masked_inputs)
+        return {f"{k}{suffix}": v * self.loss_weight for k, v in losses.items()}
+
+    def _log_pseudo_label_quality(self, target: List[Dict], pseudo: List[Instances]) -> None:
+        gt = [x.get("instances_for_scoring") for x in target]
+        if any(g is None for g in gt):
+            return
+        q = pseudo_label_quality(pseudo, [g.to(p.gt_boxes.device) for g, p in zip(gt, pseudo)])
+        get_event_storage().put_scalars(**{f"mic/pseudo_{k}": v for k, v in q.items()}, smoothing_hint=False)

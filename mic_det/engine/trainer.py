@@ -1,0 +1,174 @@
+"""MICTrainer: Detectron2's DefaultTrainer with a target stream, an EMA teacher and MIC."""
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, Optional
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from ..data.build import build_source_loader, build_target_loader
+from ..data.mapper import DomainDatasetMapper
+from ..evaluation import build_evaluator
+from ..teacher import EMATeacher
+from ..utils import get_rng_states, set_rng_states
+from .mic_step import MICStep
+
+__all__ = ["MICTrainer", "evaluate_models", "models_to_evaluate"]
+
+logger = logging.getLogger(__name__)
+
+
+class _TeacherCheckpointable:
+    """Checkpoints the teacher and remembers whether a checkpoint restored it.
+
+    A run started from ``MODEL.WEIGHTS`` (or resumed from a source-only run)
+    has no teacher state: the teacher must then start as a copy of the
+    loaded student, not of the random initialisation.
+    """
+
+    def __init__(self, teacher: EMATeacher):
+        self.teacher = teacher
+        self.restored = False
+
+    def state_dict(self):
+        return self.teacher.state_dict()
+
+    def load_state_dict(self, state_dict):
+        self.teacher.load_state_dict(state_dict)
+        self.restored = True
+
+
+class MICTrainer(DefaultTrainer):
+    """Source-only, UDA, MIC and MIC+UDA training, chosen by config alone.
+
+    On top of DefaultTrainer: a second (target) data loader, the EMA teacher
+    (checkpointed with the model so ``--resume`` continues exactly),
+    :class:`MICStep` as the step, and evaluation of student and teacher with
+    a best-checkpoint hook.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        cfg = self.cfg
+        student = self._trainer.model
+        self.teacher: Optional[EMATeacher] = EMATeacher(student) if cfg.MIC.ENABLED else None
+        self._teacher_ckpt: Optional[_TeacherCheckpointable] = None
+        if self.teacher is not None:
+            self._teacher_ckpt = _TeacherCheckpointable(self.teacher)
+            self.checkpointer.add_checkpointable("teacher", self._teacher_ckpt)
+        target_loader = build_target_loader(cfg) if (cfg.MIC.ENABLED or cfg.UDA.ENABLED) else None
+        self._trainer = MICStep(
+            cfg, student, self._trainer.data_loader, target_loader, self._trainer.optimizer, self.teacher
+        )
+
+    # -------------------------------------------------------------- builders
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_source_loader(cfg)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=DomainDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return build_evaluator(cfg, dataset_name, output_folder, model_tag="student")
+
+    # ------------------------------------------------------------ checkpoints
+    def resume_or_load(self, resume: bool = True):
+        """Load weights (or resume), then line up the data streams and RNGs.
+
+        Resuming continues exactly: the teacher comes from the checkpoint, each
+        data stream skips the batches already consumed, and the RNG states
+        saved with the checkpoint are restored after the loaders start. (Exact
+        with ``DATALOADER.NUM_WORKERS 0``; with workers, the random flips of
+        the resumed part are drawn afresh.)
+        """
+        self._rng_states = None
+        super().resume_or_load(resume=resume)
+        if self.teacher is not None and not self._teacher_ckpt.restored:
+            logger.info("No teacher state in the checkpoint: teacher <- student.")
+            self.teacher.reset(self.model)
+        self._trainer.start_streams(self.start_iter)
+        if self._rng_states is not None:
+            set_rng_states(self._rng_states)
+
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["rng_states"] = get_rng_states()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        # Restored once the loaders have started (see resume_or_load).
+        self._rng_states = state_dict.get("rng_states")
+
+    # ------------------------------------------------------------------ hooks
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [hooks.IterationTimer(), hooks.LRScheduler()]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self._last_eval_results = evaluate_models(cfg, models_to_evaluate(cfg, self.model, self.teacher), self.iter)
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        best = cfg.TEST.BEST_CHECKPOINT
+        if best.ENABLED and cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST and comm.is_main_process():
+            dataset = best.DATASET or cfg.DATASETS.TEST[0]
+            ret.append(
+                hooks.BestCheckpointer(
+                    cfg.TEST.EVAL_PERIOD,
+                    self.checkpointer,
+                    f"{best.MODEL}/{dataset}/{best.METRIC}",
+                    mode=best.MODE,
+                )
+            )
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+
+def models_to_evaluate(cfg: CfgNode, student: torch.nn.Module, teacher: Optional[EMATeacher]) -> Dict[str, torch.nn.Module]:
+    """{"student": ..., "teacher": ...} as ``TEST.EVAL_MODEL`` and ``MIC.EVAL_TEACHER`` ask."""
+    which = cfg.TEST.EVAL_MODEL
+    if which not in ("student", "teacher", "both"):
+        raise ValueError(f"TEST.EVAL_MODEL must be 'student', 'teacher' or 'both', got {which!r}")
+    models = OrderedDict()
+    if which in ("student", "both"):
+        models["student"] = student
+    if teacher is not None and which in ("teacher", "both") and (cfg.MIC.EVAL_TEACHER or which == "teacher"):
+        models["teacher"] = teacher.model
+    if not models:
+        raise ValueError("TEST.EVAL_MODEL asks for the teacher, but this run has none (MIC.ENABLED is off)")
+    return models
+
+
+def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration: int = -1) -> Dict:
+    """Evaluate each model on every ``DATASETS.TEST`` set.
+
+    Returns ``{tag: {dataset: {"bbox": {...}}}}``; Detectron2's EvalHook
+    flattens it to ``<tag>/<dataset>/bbox/AP50`` in the event storage, so
+    TensorBoard and ``metrics.json`` keep student and teacher apart.
+    """
+    results = OrderedDict()
+    output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
+    for tag, model in models.items():
+        results[tag] = OrderedDict()
+        for dataset_name in cfg.DATASETS.TEST:
+            loader = MICTrainer.build_test_loader(cfg, dataset_name)
+            evaluator = build_evaluator(cfg, dataset_name, output_dir, model_tag=tag, iteration=iteration)
+            res = inference_on_dataset(model, loader, evaluator)
+            results[tag][dataset_name] = res
+            if comm.is_main_process():
+                logger.info("Evaluation of the %s on %s:", tag, dataset_name)
+                print_csv_format(res)
+    return results

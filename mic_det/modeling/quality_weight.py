@@ -1,0 +1,59 @@
+"""The MIC quality weight q_T, in one place for the RPN and the RoI head.
+
+A batch is "pseudo-labelled" when its target Instances carry ``gt_scores``
+(the teacher's confidences, set by :func:`mic_det.pseudo_labels.make_pseudo_labels`).
+Only such batches are weighted; labelled source batches keep Detectron2's
+losses bit for bit.
+"""
+from typing import List, Optional
+
+import torch
+from detectron2.structures import Instances
+
+__all__ = [
+    "QUALITY_WEIGHT_MODES",
+    "is_pseudo_labelled",
+    "image_quality",
+    "attach_image_quality",
+    "check_mode",
+]
+
+QUALITY_WEIGHT_MODES = ("teacher_score", "student_prob", "none")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in QUALITY_WEIGHT_MODES:
+        raise ValueError(
+            f"MIC.QUALITY_WEIGHT must be one of {QUALITY_WEIGHT_MODES}, got {mode!r}"
+        )
+    return mode
+
+
+def is_pseudo_labelled(instances: Optional[List[Instances]]) -> bool:
+    """True when the targets are teacher pseudo-labels (they carry ``gt_scores``)."""
+    return bool(instances) and all(x.has("gt_scores") for x in instances)
+
+
+def image_quality(instances: List[Instances]) -> torch.Tensor:
+    """Per-image teacher confidence: the mean score of its pseudo-boxes (0 if none).
+
+    Used where a loss term is not tied to one pseudo-box (background anchors and
+    RoIs), so the whole image is trusted as much as its teacher was on average.
+    """
+    out = []
+    for x in instances:
+        s = x.gt_scores
+        out.append(s.mean() if s.numel() else s.new_zeros(()))
+    return torch.stack(out).detach()
+
+
+def attach_image_quality(instances: List[Instances]) -> List[Instances]:
+    """Copy each image's quality onto its boxes as ``gt_image_quality``.
+
+    Detectron2's RoI sampler copies every ``gt_*`` field onto the proposals it
+    samples, so background RoIs then know their image's quality without any
+    state passed around the heads.
+    """
+    for x, q in zip(instances, image_quality(instances)):
+        x.gt_image_quality = q.expand(len(x)).clone()
+    return instances

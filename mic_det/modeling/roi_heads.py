@@ -1,0 +1,101 @@
+"""RoI heads: Detectron2's StandardROIHeads with a quality-weighted box predictor.
+
+Nothing of the heads is forked: the box predictor is swapped for a subclass
+whose ``losses`` weights pseudo-labelled RoIs, and the box head's output is
+kept (through a forward hook) for the instance-level domain discriminator.
+"""
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import cat, cross_entropy
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, FastRCNNOutputLayers, StandardROIHeads
+from detectron2.structures import Instances
+
+from .quality_weight import check_mode
+
+__all__ = ["MICFastRCNNOutputLayers", "MICROIHeads"]
+
+
+class MICFastRCNNOutputLayers(FastRCNNOutputLayers):
+    """Box predictor whose losses weight pseudo-labelled RoIs by the MIC quality.
+
+    Per RoI, with ``MIC.QUALITY_WEIGHT``:
+
+    * ``teacher_score``: foreground RoIs take the teacher score of the
+      pseudo-box they matched; background RoIs take their image's mean score.
+    * ``student_prob``: the student's own detached max-softmax (reference code).
+    * ``none``: 1.
+
+    The box-regression loss on pseudo-labels is scaled by
+    ``MIC.PSEUDO_BOX_REG_WEIGHT``. Labelled batches take Detectron2's path.
+    """
+
+    @configurable
+    def __init__(self, *args, quality_weight: str = "none", pseudo_box_reg_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.quality_weight = check_mode(quality_weight)
+        self.pseudo_box_reg_weight = pseudo_box_reg_weight
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["quality_weight"] = cfg.MIC.QUALITY_WEIGHT
+        ret["pseudo_box_reg_weight"] = cfg.MIC.PSEUDO_BOX_REG_WEIGHT
+        return ret
+
+    def roi_weights(self, scores: torch.Tensor, proposals: List[Instances]) -> torch.Tensor:
+        """The quality weight of every RoI, shape (R,), detached."""
+        if self.quality_weight == "student_prob":
+            return scores.detach().softmax(dim=1).max(dim=1).values
+        if self.quality_weight == "none":
+            return scores.new_ones(scores.shape[0])
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        matched = cat([p.gt_scores for p in proposals], dim=0)
+        image_q = cat([p.gt_image_quality for p in proposals], dim=0)
+        return torch.where(gt_classes == self.num_classes, image_q, matched).to(scores.dtype)
+
+    def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
+        if not proposals or not proposals[0].has("gt_scores"):
+            return super().losses(predictions, proposals)
+        losses = super().losses(predictions, proposals)
+        scores, _ = predictions
+        gt_classes = cat([p.gt_classes for p in proposals], dim=0)
+        per_roi = cross_entropy(scores, gt_classes, reduction="none")
+        weight = self.roi_weights(scores, proposals)
+        loss_cls = (per_roi * weight).sum() / max(gt_classes.numel(), 1)
+        losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
+        losses["loss_box_reg"] = losses["loss_box_reg"] * self.pseudo_box_reg_weight
+        return losses
+
+
+@ROI_HEADS_REGISTRY.register()
+class MICROIHeads(StandardROIHeads):
+    """StandardROIHeads with :class:`MICFastRCNNOutputLayers` and box features kept.
+
+    While ``keep_box_features`` is set, ``last_box_features`` holds the box
+    head's output of the latest forward (one row per sampled RoI, in the order
+    of the returned proposals) for the instance-level domain discriminator.
+    """
+
+    @configurable
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.keep_box_features = False
+        self.last_box_features: Optional[torch.Tensor] = None
+        self.box_head.register_forward_hook(self._capture_box_features)
+
+    def _capture_box_features(self, module, inputs, output) -> None:
+        if self.keep_box_features:
+            self.last_box_features = output
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = MICFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret
+
+    def box_features_for(self, features: Dict[str, torch.Tensor], boxes) -> torch.Tensor:
+        """Box-head features of arbitrary boxes (used for unlabelled target RoIs)."""
+        feats = [features[f] for f in self.box_in_features]
+        return self.box_head(self.box_pooler(feats, boxes))

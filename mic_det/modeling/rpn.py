@@ -1,0 +1,85 @@
+"""RPN whose objectness loss can be quality-weighted on pseudo-labelled batches."""
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.structures import Boxes, ImageList, Instances
+
+from .quality_weight import check_mode, image_quality, is_pseudo_labelled
+
+__all__ = ["MICRPN"]
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class MICRPN(RPN):
+    """Detectron2's RPN, unchanged on labelled data.
+
+    On pseudo-labelled targets (teacher boxes carrying ``gt_scores``) the
+    objectness loss of every sampled anchor is multiplied by the quality weight
+    (``MIC.QUALITY_WEIGHT``) and the localisation loss by
+    ``MIC.PSEUDO_BOX_REG_WEIGHT`` (0 in the reference: pseudo-boxes are not
+    precise enough to regress to).
+    """
+
+    @configurable
+    def __init__(self, *, quality_weight: str = "none", pseudo_box_reg_weight: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.quality_weight = check_mode(quality_weight)
+        self.pseudo_box_reg_weight = pseudo_box_reg_weight
+        self._pseudo_quality: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["quality_weight"] = cfg.MIC.QUALITY_WEIGHT
+        ret["pseudo_box_reg_weight"] = cfg.MIC.PSEUDO_BOX_REG_WEIGHT
+        return ret
+
+    def forward(
+        self,
+        images: ImageList,
+        features: Dict[str, torch.Tensor],
+        gt_instances: Optional[List[Instances]] = None,
+    ):
+        # RPN.losses() does not see the Instances, so the per-image quality is
+        # handed over for the duration of this call only.
+        if self.training and is_pseudo_labelled(gt_instances):
+            self._pseudo_quality = image_quality(gt_instances)
+        try:
+            return super().forward(images, features, gt_instances)
+        finally:
+            self._pseudo_quality = None
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[torch.Tensor],
+        gt_labels: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        losses = super().losses(anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        if self._pseudo_quality is None:
+            return losses
+        labels = torch.stack(gt_labels)
+        logits = cat(pred_objectness_logits, dim=1)
+        valid = labels >= 0
+        if self.quality_weight == "teacher_score":
+            weight = self._pseudo_quality.to(logits.dtype)[:, None].expand_as(logits)
+        elif self.quality_weight == "student_prob":
+            p = logits.detach().sigmoid()
+            weight = torch.maximum(p, 1.0 - p)
+        else:
+            weight = torch.ones_like(logits)
+        per_anchor = F.binary_cross_entropy_with_logits(
+            logits[valid], labels[valid].to(logits.dtype), reduction="none"
+        )
+        normalizer = self.batch_size_per_image * labels.shape[0]
+        losses["loss_rpn_cls"] = (per_anchor * weight[valid]).sum() / normalizer * self.loss_weight.get(
+            "loss_rpn_cls", 1.0
+        )
+        losses["loss_rpn_loc"] = losses["loss_rpn_loc"] * self.pseudo_box_reg_weight
+        return losses

@@ -1,0 +1,24 @@
+"""Small helpers shared by the engine and the tools."""
+import random
+from typing import Any, Dict
+
+import numpy as np
+import torch
+
+__all__ = ["get_rng_states", "set_rng_states"]
+
+
+def get_rng_states() -> Dict[str, Any]:
+    """Every RNG a training step draws from (python, numpy, torch CPU and CUDA)."""
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: Dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

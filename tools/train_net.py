@@ -1,0 +1,109 @@
+#!/usr/bin/env python
+"""Train or evaluate a mic_det detector (source-only, UDA, MIC, MIC+UDA, oracle).
+
+Detectron2's usual flags, plus registration of user domains:
+
+    python tools/train_net.py --config-file configs/synthetic/mic.yaml
+    python tools/train_net.py --config-file configs/synthetic/mic.yaml --resume
+    python tools/train_net.py --config-file configs/synthetic/mic.yaml --eval-only \\
+        MODEL.WEIGHTS output/synthetic_mic/model_final.pth TEST.EVAL_MODEL teacher
+    python tools/train_net.py --config-file my.yaml \\
+        --register-coco src_train src.json src_images --register-folder tgt_train tgt_images
+    python tools/train_net.py --config-file configs/synthetic/mic.yaml --num-gpus 2
+"""
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import mic_det  # noqa: F401  (registers mic_det's models and datasets)
+from mic_det import add_mic_config
+from mic_det.data.checks import check_datasets_registered, check_domain_classes
+from mic_det.data.cli import add_domain_arguments, register_domains_from_args
+from mic_det.data.synthetic import register_synthetic_pair
+from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
+from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint
+
+logger = logging.getLogger("mic_det")
+
+
+def setup(args):
+    """Config from file + overrides, user domains registered, then validated."""
+    cfg = get_cfg()
+    add_mic_config(cfg)
+    if not os.path.isfile(args.config_file):
+        raise FileNotFoundError(f"--config-file {args.config_file} does not exist")
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.eval_model:
+        cfg.TEST.EVAL_MODEL = args.eval_model
+    cfg.freeze()
+    if cfg.DATASETS.SYNTHETIC_ROOT:
+        register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
+    register_domains_from_args(args)
+    default_setup(cfg, args)
+    check_datasets_registered(cfg)
+    check_domain_classes(cfg)
+    return cfg
+
+
+def eval_only(cfg):
+    """Evaluate ``MODEL.WEIGHTS``: its student, its teacher (if it has one), or both."""
+    model = MICTrainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    teacher = None
+    if cfg.TEST.EVAL_MODEL in ("teacher", "both") and cfg.MODEL.WEIGHTS.endswith(".pth"):
+        checkpoint = torch.load(cfg.MODEL.WEIGHTS, map_location="cpu")
+        if "teacher" in checkpoint:
+            teacher = EMATeacher(model)
+            teacher.model.load_state_dict(teacher_weights_from_checkpoint(checkpoint))
+        elif cfg.TEST.EVAL_MODEL == "teacher":
+            teacher_weights_from_checkpoint(checkpoint)  # raises a clear KeyError
+    models = models_to_evaluate(cfg, model, teacher)
+    results = evaluate_models(cfg, models, iteration=-1)
+    if comm.is_main_process():
+        verify_results(cfg, results)
+    return results
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        return eval_only(cfg)
+    trainer = MICTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def build_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument(
+        "--eval-model",
+        choices=("student", "teacher", "both"),
+        default=None,
+        help="with --eval-only: which weights of MODEL.WEIGHTS to evaluate (sets TEST.EVAL_MODEL)",
+    )
+    add_domain_arguments(parser)
+    return parser
+
+
+def cli(argv=None):
+    args = build_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    return launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    cli()
