@@ -5,7 +5,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-__all__ = ["get_rng_states", "set_rng_states"]
+__all__ = ["get_rng_states", "set_host_rng_states", "set_torch_rng_states"]
 
 
 def get_rng_states() -> Dict[str, Any]:
@@ -16,9 +16,14 @@ def get_rng_states() -> Dict[str, Any]:
     return states
 
 
-def set_rng_states(states: Dict[str, Any]) -> None:
+def set_host_rng_states(states: Dict[str, Any]) -> None:
+    """Restore python's and numpy's RNGs (the data augmentations draw from these)."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
+
+
+def set_torch_rng_states(states: Dict[str, Any]) -> None:
+    """Restore torch's RNGs (RoI/anchor sampling, masks, dropout draw from these)."""
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

@@ -20,6 +20,7 @@ from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
 from mic_det import add_mic_config
@@ -47,6 +48,7 @@ def setup(args):
         register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
     register_domains_from_args(args)
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mic_det", abbrev_name="mic")
     check_datasets_registered(cfg)
     check_domain_classes(cfg)
     return cfg

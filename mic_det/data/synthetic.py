@@ -1,4 +1,4 @@
-"""The built-in procedural domain pair: clear street scenes -> the same scenes' world in fog.
+"""The built-in procedural domain pair: clear street scenes -> foggy street scenes.
 
 No real dataset can be downloaded where mic_det is developed and tested, so the
 demo, the tests and the benchmarks train on scenes drawn here. They are built
@@ -25,7 +25,6 @@ import colorsys
 import json
 import os
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -510,7 +509,8 @@ def _draw_sky(img: np.ndarray, rng: np.random.Generator, cam: _Camera) -> None:
 
 def _draw_hills(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, cam: _Camera) -> None:
     """A distant ridge or tree line just above the horizon."""
-    ridge = cam.horizon - (0.5 + _lowfreq_noise(rng, 1, cam.width, 40)[0] * 0.5) * cam.height * rng.uniform(0.02, 0.1)
+    bumps = 0.5 + 0.5 * _lowfreq_noise(rng, 1, cam.width, 40)[0]
+    ridge = cam.horizon - bumps * cam.height * rng.uniform(0.02, 0.1)
     rows = np.arange(cam.height)[:, None]
     mask = (rows >= ridge[None, :]) & (rows < cam.horizon + 1)
     col = np.array(_hsv(rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.6)))
@@ -528,8 +528,10 @@ def _wedge(cam: _Camera, x0: float, x1: float) -> np.ndarray:
 def _draw_ground(img: np.ndarray, rng: np.random.Generator, cam: _Camera) -> None:
     """Terrain, sidewalks, kerbs, asphalt and dashed lane marks, all in perspective."""
     h = int(np.floor(cam.horizon))
-    terrain = (_hsv(rng.uniform(0.18, 0.35), rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.55))
-               if rng.random() < 0.5 else _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.7)))
+    if rng.random() < 0.5:  # grass
+        terrain = _hsv(rng.uniform(0.18, 0.35), rng.uniform(0.3, 0.6), rng.uniform(0.3, 0.55))
+    else:  # dirt, gravel
+        terrain = _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.7))
     img[h:] = terrain
     left, right = -rng.uniform(3.0, 9.0), rng.uniform(3.0, 9.0)
     walk = _hsv(rng.uniform(0.05, 0.12), rng.uniform(0.0, 0.2), rng.uniform(0.55, 0.8))
@@ -703,7 +705,9 @@ def _camera_response(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- on disk
-_SPLIT_DOMAIN = {"source_train": "clear", "source_val": "clear", "target_train": "foggy", "target_val": "foggy"}
+_SPLIT_DOMAIN = {
+    "source_train": "clear", "source_val": "clear", "target_train": "foggy", "target_val": "foggy"
+}
 _IMAGE_NAME = re.compile(r"^\d{6}\.png$")
 
 
@@ -830,17 +834,23 @@ def write_domain_pair(
 
     Defaults and why:
 
-    * 600/100/600/100 images of 256x320: enough for a ResNet-18-FPN from scratch
-      to learn all six classes in ~1.5k CPU steps at 2 images per step (about
-      5 epochs), while the whole set is drawn in about 15 s on one core.
+    * 600/100/600/100 images of 256x320 (~120 MB of PNG): enough for a
+      ResNet-18-FPN from scratch to learn all six classes in 1-1.5k CPU steps
+      of 2 images (3-5 epochs); the whole set is drawn in ~23 s on a shared
+      2-core machine (PNG encoding is half of it).
     * ``beta = 0.04`` (visibility ~75 m, twice Foggy Cityscapes' densest 0.02):
-      the scenes' objects stand 4-90 m away, so objects near the camera keep
-      70-85% of their contrast while those beyond ~40 m keep less than 20%. At
-      0.02 the fog is thin for scenes this shallow and a clear-trained detector
-      loses little; at 0.08 the far half of the objects is gone, which tests
-      nothing an adaptation method could recover.
+      the objects stand 3-110 m away (median 13 m), so those near the camera
+      keep 70-85% of their contrast, those beyond 40 m less than 20%.
+      Measured: the light-head R18-FPN of ``configs/Base-CPU-R18-FPN.yaml``
+      (Detectron2's standard heads), 1000 steps on the clear train split,
+      scores AP50 50.1 on the target val scenes drawn clear, and 41.5 / 36.8 / 32.7 / 25.2 / 21.0 on the same
+      scenes at beta 0.02 / 0.03 / 0.04 / 0.06 / 0.08 (small objects: APs 13 ->
+      1 at 0.04). 0.04 costs about a third of the AP50, like Cityscapes ->
+      Foggy Cityscapes for a source-only model, while near objects stay
+      plainly visible; 0.02 is too thin for scenes this shallow, and from 0.06
+      on the far objects are all but erased (nothing left to adapt to).
     * ``atmospheric_light = 0.8``: light grey daylight fog, well below white, so
-      even the sky is not saturated.
+      the fogged sky (A itself) is not saturated.
 
     Args:
         root: output folder (created).
@@ -873,7 +883,8 @@ def write_domain_pair(
     try:
         for split in SPLITS:
             _clear_split(root, split)
-            jobs = [(root, split, i, seed, height, width, beta, atmospheric_light) for i in range(sizes[split])]
+            jobs = [(root, split, i, seed, height, width, beta, atmospheric_light)
+                    for i in range(sizes[split])]
             results = pool.map(_write_image, jobs, chunksize=16) if pool else map(_write_image, jobs)
             images, annotations = [], []
             for i, anns in enumerate(results):

@@ -24,6 +24,7 @@ from ..masking import BlockMaskGenerator, MaskAugmentation, apply_block_mask, ma
 from ..modeling.quality_weight import attach_image_quality
 from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats
 from ..teacher import EMATeacher, unwrap_model
+from ..utils import set_torch_rng_states
 
 __all__ = ["MICStep", "DETECTION_LOSS_NAMES"]
 
@@ -91,6 +92,9 @@ class MICStep(SimpleTrainer):
         if cfg.SOLVER.AMP.ENABLED and not self.amp:
             logger.warning("SOLVER.AMP.ENABLED is set but the model is on %s: training in fp32.", student.device)
         self.grad_scaler = torch.cuda.amp.GradScaler() if self.amp else None
+        # Set on resume: torch's RNG as the checkpoint saved it, restored after
+        # the first batch is fetched (see MICTrainer.resume_or_load).
+        self.torch_rng_states_to_restore = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
@@ -149,6 +153,9 @@ class MICStep(SimpleTrainer):
         source = next(self._data_loader_iter)
         target = self._next_target() if (self.uda_enabled or self.mic_active) else None
         data_time = time.perf_counter() - start
+        if self.torch_rng_states_to_restore is not None:
+            set_torch_rng_states(self.torch_rng_states_to_restore)
+            self.torch_rng_states_to_restore = None
 
         if self.mic_enabled and self.burn_in_iters > 0 and self.iter == self.burn_in_iters:
             logger.info("Burn-in over at iteration %d: teacher <- student, MIC on.", self.iter)

@@ -1,5 +1,6 @@
 """MICTrainer: Detectron2's DefaultTrainer with a target stream, an EMA teacher and MIC."""
 import logging
+import math
 import os
 from collections import OrderedDict
 from typing import Dict, Optional
@@ -15,7 +16,7 @@ from ..data.build import build_source_loader, build_target_loader
 from ..data.mapper import DomainDatasetMapper
 from ..evaluation import build_evaluator
 from ..teacher import EMATeacher
-from ..utils import get_rng_states, set_rng_states
+from ..utils import get_rng_states, set_host_rng_states
 from .mic_step import MICStep
 
 __all__ = ["MICTrainer", "evaluate_models", "models_to_evaluate"]
@@ -86,9 +87,11 @@ class MICTrainer(DefaultTrainer):
 
         Resuming continues exactly: the teacher comes from the checkpoint, each
         data stream skips the batches already consumed, and the RNG states
-        saved with the checkpoint are restored after the loaders start. (Exact
-        with ``DATALOADER.NUM_WORKERS 0``; with workers, the random flips of
-        the resumed part are drawn afresh.)
+        saved with the checkpoint are restored: python's and numpy's (the
+        augmentations) now, torch's by the step once the first batch is in,
+        since starting a data loader draws from torch's RNG. (Exact with
+        ``DATALOADER.NUM_WORKERS 0``; with workers, the random flips of the
+        resumed part are drawn afresh.)
         """
         self._rng_states = None
         super().resume_or_load(resume=resume)
@@ -97,7 +100,8 @@ class MICTrainer(DefaultTrainer):
             self.teacher.reset(self.model)
         self._trainer.start_streams(self.start_iter)
         if self._rng_states is not None:
-            set_rng_states(self._rng_states)
+            set_host_rng_states(self._rng_states)
+            self._trainer.torch_rng_states_to_restore = self._rng_states
 
     def state_dict(self):
         ret = super().state_dict()
@@ -106,7 +110,7 @@ class MICTrainer(DefaultTrainer):
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        # Restored once the loaders have started (see resume_or_load).
+        # Restored once the streams are set up (see resume_or_load).
         self._rng_states = state_dict.get("rng_states")
 
     # ------------------------------------------------------------------ hooks
@@ -133,7 +137,10 @@ class MICTrainer(DefaultTrainer):
                 )
             )
         if comm.is_main_process():
-            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+            # Write at least as often as evaluations happen, so metrics.json and
+            # TensorBoard keep every evaluation (writers only see the latest value).
+            period = math.gcd(20, cfg.TEST.EVAL_PERIOD) if cfg.TEST.EVAL_PERIOD > 0 else 20
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=period))
         return ret
 
 
