@@ -2,15 +2,18 @@
 import logging
 import math
 import os
+import weakref
 from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_source_loader, build_target_loader
 from ..data.mapper import DomainDatasetMapper
@@ -54,18 +57,31 @@ class MICTrainer(DefaultTrainer):
     """
 
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
-        cfg = self.cfg
-        student = self._trainer.model
-        self.teacher: Optional[EMATeacher] = EMATeacher(student) if cfg.MIC.ENABLED else None
+        # DefaultTrainer.__init__, with the MIC step, the target stream and the
+        # teacher built in, and DDP that also wraps CPU models (gloo).
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        source_loader = self.build_train_loader(cfg)
+        target_loader = build_target_loader(cfg) if (cfg.MIC.ENABLED or cfg.UDA.ENABLED) else None
+        device_ids = [comm.get_local_rank()] if model.device.type == "cuda" else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        # Copied after DDP has broadcast rank 0's weights: one teacher on every rank.
+        self.teacher: Optional[EMATeacher] = EMATeacher(model) if cfg.MIC.ENABLED else None
+        self._trainer = MICStep(cfg, model, source_loader, target_loader, optimizer, self.teacher)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self._teacher_ckpt: Optional[_TeacherCheckpointable] = None
         if self.teacher is not None:
             self._teacher_ckpt = _TeacherCheckpointable(self.teacher)
             self.checkpointer.add_checkpointable("teacher", self._teacher_ckpt)
-        target_loader = build_target_loader(cfg) if (cfg.MIC.ENABLED or cfg.UDA.ENABLED) else None
-        self._trainer = MICStep(
-            cfg, student, self._trainer.data_loader, target_loader, self._trainer.optimizer, self.teacher
-        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
 
     # -------------------------------------------------------------- builders
     @classmethod

@@ -1,0 +1,217 @@
+"""The maths of mic_det's registered heads: quality weights, gradient reversal, alignment losses."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.config import get_cfg
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import FastRCNNOutputLayers
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
+
+from mic_det import add_mic_config
+from mic_det.modeling import MICRPN, DomainAlignment, MICFastRCNNOutputLayers, grad_reverse
+from mic_det.modeling.quality_weight import attach_image_quality, image_quality
+
+
+def _cfg(**mic):
+    cfg = get_cfg()
+    add_mic_config(cfg)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    for k, v in mic.items():
+        setattr(cfg.MIC, k, v)
+    return cfg
+
+
+def _proposals(pseudo: bool):
+    """Two images, 3 + 2 RoIs; classes 0/1 are foreground, 2 is background."""
+    out = []
+    for classes, scores, q in (([0, 2, 1], [0.9, 0.85, 0.8], 0.85), ([2, 1], [0.95, 0.95], 0.95)):
+        n = len(classes)
+        p = Instances((64, 64))
+        p.proposal_boxes = Boxes(torch.tensor([[4.0, 4.0, 20.0, 20.0]] * n))
+        p.gt_boxes = Boxes(torch.tensor([[5.0, 5.0, 21.0, 19.0]] * n))
+        p.gt_classes = torch.tensor(classes)
+        if pseudo:
+            p.gt_scores = torch.tensor(scores)
+            p.gt_image_quality = torch.full((n,), q)
+        out.append(p)
+    return out
+
+
+def _predictions(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(5, 3, generator=g, requires_grad=True)
+    deltas = torch.randn(5, 8, generator=g, requires_grad=True)
+    return scores, deltas
+
+
+@pytest.mark.parametrize("mode", ["teacher_score", "student_prob", "none"])
+def test_roi_quality_weight_modes(mode):
+    cfg = _cfg(QUALITY_WEIGHT=mode, PSEUDO_BOX_REG_WEIGHT=0.0)
+    head = MICFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    scores, deltas = _predictions()
+    with EventStorage():
+        losses = head.losses((scores, deltas), _proposals(pseudo=True))
+    ce = F.cross_entropy(scores, torch.tensor([0, 2, 1, 2, 1]), reduction="none")
+    if mode == "teacher_score":
+        # foreground RoIs: their pseudo-box's teacher score; background: the image's mean score
+        w = torch.tensor([0.9, 0.85, 0.8, 0.95, 0.95])
+    elif mode == "student_prob":
+        w = scores.detach().softmax(1).max(1).values
+    else:
+        w = torch.ones(5)
+    torch.testing.assert_close(losses["loss_cls"], (ce * w).sum() / 5)
+    assert losses["loss_box_reg"].item() == 0.0
+    # The weight is a constant: no gradient flows through it.
+    losses["loss_cls"].backward()
+    expected = torch.autograd.grad((F.cross_entropy(scores, torch.tensor([0, 2, 1, 2, 1]), reduction="none") * w).sum() / 5, scores)[0]
+    torch.testing.assert_close(scores.grad, expected)
+
+
+def test_roi_losses_on_labelled_batches_are_detectron2s():
+    cfg = _cfg(QUALITY_WEIGHT="teacher_score", PSEUDO_BOX_REG_WEIGHT=0.0)
+    ours = MICFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    theirs = FastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    preds = _predictions()
+    with EventStorage():
+        a = ours.losses(preds, _proposals(pseudo=False))
+        b = theirs.losses(preds, _proposals(pseudo=False))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert a["loss_box_reg"].item() > 0
+
+
+def test_pseudo_box_regression_weight_scales_box_loss():
+    preds = _predictions()
+    with EventStorage():
+        full = MICFastRCNNOutputLayers(_cfg(PSEUDO_BOX_REG_WEIGHT=1.0), ShapeSpec(channels=8)).losses(preds, _proposals(True))
+        half = MICFastRCNNOutputLayers(_cfg(PSEUDO_BOX_REG_WEIGHT=0.5), ShapeSpec(channels=8)).losses(preds, _proposals(True))
+    assert full["loss_box_reg"].item() > 0
+    torch.testing.assert_close(half["loss_box_reg"], 0.5 * full["loss_box_reg"])
+
+
+def test_bad_quality_weight_mode_names_the_key():
+    with pytest.raises(ValueError, match="MIC.QUALITY_WEIGHT"):
+        MICFastRCNNOutputLayers(_cfg(QUALITY_WEIGHT="teacher"), ShapeSpec(channels=8))
+
+
+def test_image_quality_is_the_mean_score_and_zero_when_empty():
+    a, b = Instances((8, 8)), Instances((8, 8))
+    a.gt_scores = torch.tensor([0.8, 1.0])
+    b.gt_scores = torch.zeros(0)
+    torch.testing.assert_close(image_quality([a, b]), torch.tensor([0.9, 0.0]))
+    attach_image_quality([a])
+    torch.testing.assert_close(a.gt_image_quality, torch.tensor([0.9, 0.9]))
+
+
+def _rpn(mode):
+    cfg = _cfg(QUALITY_WEIGHT=mode, PSEUDO_BOX_REG_WEIGHT=0.0)
+    cfg.MODEL.RPN.IN_FEATURES = ["p2"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16]]
+    cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 16
+    return MICRPN(cfg, {"p2": ShapeSpec(channels=4, stride=4)})
+
+
+@pytest.mark.parametrize("mode", ["teacher_score", "student_prob", "none"])
+def test_rpn_objectness_quality_weight(mode):
+    torch.manual_seed(0)
+    rpn = _rpn(mode).train()
+    features = {"p2": torch.randn(2, 4, 8, 8)}
+    from detectron2.structures import ImageList
+
+    images = ImageList(torch.zeros(2, 3, 32, 32), [(32, 32), (32, 32)])
+    gts = []
+    for scores in ([0.9, 0.8], [1.0]):
+        g = Instances((32, 32))
+        g.gt_boxes = Boxes(torch.tensor([[2.0, 2.0, 18.0, 18.0], [14.0, 14.0, 30.0, 30.0]][: len(scores)]))
+        g.gt_classes = torch.zeros(len(scores), dtype=torch.long)
+        g.gt_scores = torch.tensor(scores)
+        gts.append(g)
+
+    captured = {}
+    original = MICRPN.losses
+
+    def spy(self, anchors, logits, labels, deltas, boxes):
+        captured.update(logits=torch.cat(logits, 1), labels=torch.stack(labels))
+        return original(self, anchors, logits, labels, deltas, boxes)
+
+    with EventStorage():
+        MICRPN.losses = spy
+        try:
+            _, losses = rpn(images, features, gts)
+        finally:
+            MICRPN.losses = original
+    logits, labels = captured["logits"], captured["labels"]
+    valid = labels >= 0
+    bce = F.binary_cross_entropy_with_logits(logits, labels.clamp(min=0).float(), reduction="none")
+    if mode == "teacher_score":
+        w = torch.tensor([[0.85], [1.0]]).expand_as(logits)
+    elif mode == "student_prob":
+        p = logits.detach().sigmoid()
+        w = torch.maximum(p, 1 - p)
+    else:
+        w = torch.ones_like(logits)
+    expected = (bce * w)[valid].sum() / (16 * 2)
+    torch.testing.assert_close(losses["loss_rpn_cls"], expected)
+    assert losses["loss_rpn_loc"].item() == 0.0
+    assert rpn._pseudo_quality is None  # the per-call state does not leak
+
+
+def test_gradient_reversal_flips_and_scales_the_gradient():
+    x = torch.randn(3, 4, requires_grad=True)
+    (grad_reverse(x, 0.3) * torch.arange(4.0)).sum().backward()
+    torch.testing.assert_close(x.grad, -0.3 * torch.arange(4.0).expand(3, 4))
+    # identity forward
+    torch.testing.assert_close(grad_reverse(x, 0.3), x)
+
+
+def _alignment(**switches):
+    cfg = _cfg()
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3"]
+    for key, value in switches.items():
+        node, attr = key.split("__")
+        setattr(getattr(cfg.UDA, node), attr, value)
+    shapes = {"p2": ShapeSpec(channels=8), "p3": ShapeSpec(channels=8)}
+    return DomainAlignment(cfg, shapes, box_feature_dim=16)
+
+
+def _domain_inputs(requires_grad=False):
+    torch.manual_seed(0)
+    feats = {
+        d: {"p2": torch.randn(2, 8, 8, 8, requires_grad=requires_grad), "p3": torch.randn(2, 8, 4, 4)}
+        for d in ("source", "target")
+    }
+    boxes = {"source": torch.randn(5, 16), "target": torch.randn(4, 16)}
+    counts = {"source": [3, 2], "target": [2, 2]}
+    return feats, boxes, counts
+
+
+def test_domain_alignment_losses_and_switches():
+    align = _alignment().eval()
+    losses = align(*_domain_inputs())
+    assert set(losses) == {"loss_da_img", "loss_da_ins", "loss_da_cst"}
+    # Freshly initialised discriminators are undecided: BCE = log 2, times the weights.
+    assert losses["loss_da_img"].item() == pytest.approx(math.log(2) * 0.025, rel=1e-2)
+    assert losses["loss_da_ins"].item() == pytest.approx(math.log(2) * 0.1, rel=5e-2)
+    assert losses["loss_da_cst"].item() >= 0
+    assert set(_alignment(INS_DA__ENABLED=False)(*_domain_inputs())) == {"loss_da_img"}
+    assert set(_alignment(IMG_DA__ENABLED=False)(*_domain_inputs())) == {"loss_da_ins"}
+    assert set(_alignment(CONSISTENCY__ENABLED=False)(*_domain_inputs())) == {"loss_da_img", "loss_da_ins"}
+
+
+def test_domain_alignment_reverses_the_gradient_into_the_features():
+    def grads(grl):
+        align = _alignment(IMG_DA__GRL_WEIGHT=grl, INS_DA__ENABLED=False)
+        torch.manual_seed(1)
+        for p in align.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        feats, boxes, counts = _domain_inputs(requires_grad=True)
+        align(feats, boxes, counts)["loss_da_img"].backward()
+        return feats["source"]["p2"].grad
+
+    reversed_, plain = grads(1.0), grads(-1.0)  # GRL weight -1 = no reversal
+    assert plain.abs().sum() > 0
+    torch.testing.assert_close(reversed_, -plain)
