@@ -171,3 +171,21 @@ def test_unknown_dataset_is_named(tiny_pair, tmp_path):
         tmp_path, tiny_pair, check=False,
     )
     assert proc.returncode != 0 and "synthetic_fogy_train" in proc.stderr
+
+
+def test_user_domains_from_flags_alone(tiny_pair, tmp_path):
+    """A COCO json source, an image-folder target, a COCO val set: flags only, no code."""
+    out = tmp_path / "run"
+    run_train_net(
+        ["--config-file", "configs/synthetic/mic.yaml",
+         "--register-coco", "my_source", str(tiny_pair / "annotations" / "source_train.json"),
+         str(tiny_pair / "source_train"),
+         "--register-folder", "my_target", str(tiny_pair / "target_train"),
+         "--register-coco", "my_target_val", str(tiny_pair / "annotations" / "target_val.json"),
+         str(tiny_pair / "target_val"),
+         "DATASETS.TRAIN", "('my_source',)", "DATASETS.TRAIN_TARGET", "('my_target',)",
+         "DATASETS.TEST", "('my_target_val',)", "SOLVER.MAX_ITER", "4", "MIC.BURN_IN_ITERS", "2"],
+        out, tiny_pair,
+    )
+    final = _evals(read_metrics(out))[-1]
+    assert "student/my_target_val/bbox/AP50" in final and "teacher/my_target_val/bbox/AP50" in final

@@ -19,19 +19,18 @@ from mic_det.data.synthetic import (
     DEFAULT_ATMOSPHERIC_LIGHT,
     DEFAULT_BETA,
     SPLITS,
+    default_synthetic_root,
     domain_pair_info,
     read_domain_pair_info,
     write_domain_pair,
 )
 
 
-def default_root() -> str:
-    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "mic_synthetic")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=default_root(),
+    p.add_argument("--root", default=default_synthetic_root(),
                    help="output folder (default: $DETECTRON2_DATASETS/mic_synthetic, "
                         "DETECTRON2_DATASETS defaulting to ./datasets)")
     p.add_argument("--seed", type=int, default=0)

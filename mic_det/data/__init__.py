@@ -5,11 +5,9 @@ benchmarks (Cityscapes, Foggy Cityscapes, Sim10k, KITTI, BDD100k; see
 ``datasets/README.md``) and the built-in synthetic clear -> foggy pair under
 ``$DETECTRON2_DATASETS/mic_synthetic`` (``synthetic_{clear,foggy}_{train,val}``).
 """
-import os
-
 from . import builtin  # noqa: F401  (registers the real benchmarks)
 from .domains import register_coco_domain, register_image_folder
-from .synthetic import SYNTHETIC_CLASSES, register_synthetic_pair
+from .synthetic import SYNTHETIC_CLASSES, default_synthetic_root, register_synthetic_pair
 
 __all__ = [
     "register_coco_domain",
@@ -18,11 +16,6 @@ __all__ = [
     "default_synthetic_root",
     "SYNTHETIC_CLASSES",
 ]
-
-
-def default_synthetic_root() -> str:
-    """Where ``tools/make_synthetic.py`` writes the built-in pair by default."""
-    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "mic_synthetic")
 
 
 register_synthetic_pair(default_synthetic_root())

@@ -930,6 +930,11 @@ def _with_generation_hint(loader, root: str):
     return load
 
 
+def default_synthetic_root() -> str:
+    """Where ``tools/make_synthetic.py`` writes the built-in pair by default."""
+    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "mic_synthetic")
+
+
 def register_synthetic_pair(root: str, prefix: str = "synthetic") -> List[str]:
     """Register ``{prefix}_{clear,foggy}_{train,val}`` for the pair written under ``root``.
 

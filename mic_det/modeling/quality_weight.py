@@ -16,6 +16,7 @@ __all__ = [
     "image_quality",
     "attach_image_quality",
     "check_mode",
+    "pseudo_loss_config",
 ]
 
 QUALITY_WEIGHT_MODES = ("teacher_score", "student_prob", "none")
@@ -57,3 +58,11 @@ def attach_image_quality(instances: List[Instances]) -> List[Instances]:
     for x, q in zip(instances, image_quality(instances)):
         x.gt_image_quality = q.expand(len(x)).clone()
     return instances
+
+
+def pseudo_loss_config(cfg) -> dict:
+    """The constructor arguments both weighted heads (RPN and RoI) take from ``MIC.*``."""
+    return {
+        "quality_weight": cfg.MIC.QUALITY_WEIGHT,
+        "pseudo_box_reg_weight": cfg.MIC.PSEUDO_BOX_REG_WEIGHT,
+    }

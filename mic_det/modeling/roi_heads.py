@@ -12,7 +12,7 @@ from detectron2.layers import cat, cross_entropy
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, FastRCNNOutputLayers, StandardROIHeads
 from detectron2.structures import Instances
 
-from .quality_weight import check_mode
+from .quality_weight import check_mode, pseudo_loss_config
 
 __all__ = ["MICFastRCNNOutputLayers", "MICROIHeads"]
 
@@ -40,8 +40,7 @@ class MICFastRCNNOutputLayers(FastRCNNOutputLayers):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["quality_weight"] = cfg.MIC.QUALITY_WEIGHT
-        ret["pseudo_box_reg_weight"] = cfg.MIC.PSEUDO_BOX_REG_WEIGHT
+        ret.update(pseudo_loss_config(cfg))
         return ret
 
     def roi_weights(self, scores: torch.Tensor, proposals: List[Instances]) -> torch.Tensor:

@@ -8,7 +8,7 @@ from detectron2.layers import cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, ImageList, Instances
 
-from .quality_weight import check_mode, image_quality, is_pseudo_labelled
+from .quality_weight import check_mode, image_quality, is_pseudo_labelled, pseudo_loss_config
 
 __all__ = ["MICRPN"]
 
@@ -34,8 +34,7 @@ class MICRPN(RPN):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["quality_weight"] = cfg.MIC.QUALITY_WEIGHT
-        ret["pseudo_box_reg_weight"] = cfg.MIC.PSEUDO_BOX_REG_WEIGHT
+        ret.update(pseudo_loss_config(cfg))
         return ret
 
     def forward(
