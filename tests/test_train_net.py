@@ -189,3 +189,22 @@ def test_user_domains_from_flags_alone(tiny_pair, tmp_path):
     )
     final = _evals(read_metrics(out))[-1]
     assert "student/my_target_val/bbox/AP50" in final and "teacher/my_target_val/bbox/AP50" in final
+
+
+def test_unreadable_training_images_are_skipped_and_counted(tiny_pair, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(tiny_pair / "source_train", images)
+    broken = sorted(os.listdir(images))[:12]
+    for name in broken:
+        (images / name).write_bytes(b"not a png")
+    out = tmp_path / "run"
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/source_only.yaml",
+         "--register-coco", "half_broken", str(tiny_pair / "annotations" / "source_train.json"), str(images),
+         "DATASETS.TRAIN", "('half_broken',)", "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "8"],
+        out, tiny_pair,
+    )
+    assert "Skipping unreadable training image" in proc.stdout + proc.stderr
+    last = read_metrics(out)[-1]
+    assert last["data/skipped_images_source"] >= 1
+    assert os.path.exists(out / "model_final.pth")

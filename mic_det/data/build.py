@@ -41,11 +41,16 @@ def target_batch_size(cfg: CfgNode) -> int:
 
 
 def _loader(kwargs: dict):
-    """Detectron2's train loader with its sampler made resumable; the sampler is kept on the loader."""
+    """Detectron2's train loader with its sampler made resumable.
+
+    The sampler and the mapper are kept on the loader, for the trainer to set
+    the resume position and to log how many unreadable images were skipped.
+    """
     sampler = ResumableSampler(kwargs["sampler"])
     kwargs["sampler"] = sampler
     loader = build_detection_train_loader(**kwargs)
     loader.resumable_sampler = sampler
+    loader.mapper = kwargs["mapper"]
     return loader
 
 

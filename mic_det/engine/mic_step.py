@@ -180,6 +180,7 @@ class MICStep(SimpleTrainer):
             losses.backward()
         self.after_backward()
         self._write_metrics(loss_dict, data_time)
+        self._log_skipped_images()
         if self.grad_scaler is not None:
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
@@ -187,6 +188,14 @@ class MICStep(SimpleTrainer):
             self.optimizer.step()
         if self.mic_active:
             self.teacher.update(self.model, self.ema_alpha)
+
+    def _log_skipped_images(self) -> None:
+        """Unreadable training images skipped so far, per stream (logged once any is)."""
+        for name, loader in (("source", self.data_loader), ("target", self.target_loader)):
+            mapper = getattr(loader, "mapper", None)
+            skipped = getattr(mapper, "num_skipped", 0)
+            if skipped:
+                get_event_storage().put_scalar(f"data/skipped_images_{name}", skipped, smoothing_hint=False)
 
     # -------------------------------------------------------------------- MIC
     @torch.no_grad()
