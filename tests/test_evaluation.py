@@ -337,7 +337,9 @@ def test_plot_metrics(tmp_path):
     assert tool.main(["--metrics", str(metrics), "--output", str(out)]) == 0
     assert sorted(os.listdir(out)) == ["eval_bbox_AP50.png", "losses.png"]
     assert all(os.path.getsize(out / f) > 1000 for f in os.listdir(out))
-    evals, losses, _ = tool.group_series(tool.read_metrics(str(metrics)), tool.DEFAULT_KEYS)
+    from mic_det.evaluation.plots import group_series, read_metrics
+
+    evals, losses, _ = group_series(read_metrics(str(metrics)), tool.DEFAULT_KEYS)
     assert set(evals["AP50"]) == {"foggy_val", "clear_val"}
     assert set(evals["AP50"]["foggy_val"]) == {"student", "teacher"}
     assert list(losses)[0] == "total_loss"

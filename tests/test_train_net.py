@@ -71,6 +71,12 @@ def test_mic_run_learns_pseudo_labels_and_evaluates_teacher(source_only_run, tin
     final = _evals(records)[-1]
     assert "teacher/synthetic_foggy_val/bbox/AP50" in final
     assert "student/synthetic_foggy_val/bbox/AP50" in final
+    # What a person looks at: per-class tables for both models, PR curves, AP50 over iterations.
+    for tag in ("student", "teacher"):
+        assert glob.glob(os.path.join(out, "inference", f"report_{tag}_synthetic_foggy_val_iter*.md"))
+        assert glob.glob(os.path.join(out, "inference", f"report_{tag}_synthetic_foggy_val_iter*.png"))
+    assert os.path.getsize(os.path.join(out, "plots", "eval_bbox_AP50.png")) > 1000
+    assert os.path.getsize(os.path.join(out, "plots", "losses.png")) > 1000
     ckpt = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
     assert "teacher" in ckpt and "model" in ckpt
 

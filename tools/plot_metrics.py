@@ -24,92 +24,10 @@ Example::
 """
 
 import argparse
-import json
-import math
-import os
-import re
 import sys
-from collections import OrderedDict, defaultdict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
-from mic_det.evaluation.reports import plot_panels
-
-# <model>/<dataset>/bbox/<metric>; the dataset name may itself contain "/".
-EVAL_KEY = re.compile(r"^(?P<model>student|teacher)/(?P<dataset>.+)/bbox/(?P<metric>[^/]+)$")
-DEFAULT_KEYS = r"bbox/AP50$|loss"
-
-Series = Dict[str, Tuple[List[float], List[float]]]
-
-
-def read_metrics(path: str) -> Dict[str, Tuple[List[int], List[float]]]:
-    """``key -> (iterations, values)``, sorted by iteration; unreadable lines are skipped.
-
-    A line written by a run that was resumed repeats earlier iterations; the
-    last value written for an iteration wins.
-    """
-    by_key: Dict[str, Dict[int, float]] = defaultdict(dict)
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a partially written last line of a running job
-            if not isinstance(record, dict) or "iteration" not in record:
-                continue
-            it = int(record["iteration"])
-            for key, value in record.items():
-                if key == "iteration" or not isinstance(value, (int, float)):
-                    continue
-                by_key[key][it] = float(value)
-    out = OrderedDict()
-    for key in sorted(by_key):
-        its = sorted(by_key[key])
-        out[key] = ([i for i in its], [by_key[key][i] for i in its])
-    return out
-
-
-def group_series(metrics: Dict[str, Tuple[List[int], List[float]]], keys: str):
-    """Split the selected keys into evaluation panels (per metric and dataset) and the rest."""
-    pattern = re.compile(keys)
-    evals: Dict[str, Dict[str, Series]] = defaultdict(lambda: defaultdict(dict))
-    losses: Dict[str, Series] = OrderedDict()
-    others: Dict[str, Series] = OrderedDict()
-    for key, (its, values) in metrics.items():
-        if not pattern.search(key):
-            continue
-        # NaN points (e.g. an evaluation that could not be computed) are dropped from lines.
-        pts = [(i, v) for i, v in zip(its, values) if math.isfinite(v)]
-        series = ([i for i, _ in pts], [v for _, v in pts])
-        m = EVAL_KEY.match(key)
-        if m:
-            evals[m["metric"]][m["dataset"]][m["model"]] = series
-        elif "loss" in key:
-            losses[key] = {key: series}
-        else:
-            others[key] = {key: series}
-    # total_loss first, then the rest alphabetically
-    losses = OrderedDict(sorted(losses.items(), key=lambda kv: (kv[0] != "total_loss", kv[0])))
-    return evals, losses, others
-
-
-def plot_metrics(metrics_path: str, output_dir: str, keys: str = DEFAULT_KEYS) -> List[str]:
-    """Write the PNGs for ``metrics_path`` into ``output_dir``; returns their paths."""
-    metrics = read_metrics(metrics_path)
-    evals, losses, others = group_series(metrics, keys)
-    os.makedirs(output_dir, exist_ok=True)
-    written = []
-    for metric, panels in sorted(evals.items()):
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", metric)
-        path = os.path.join(output_dir, f"eval_bbox_{safe}.png")
-        written.append(plot_panels(path, panels, ylabel=metric, title=f"bbox/{metric}"))
-    if losses:
-        written.append(plot_panels(os.path.join(output_dir, "losses.png"), losses, ylabel="loss"))
-    if others:
-        written.append(plot_panels(os.path.join(output_dir, "scalars.png"), others))
-    return written
+from mic_det.evaluation.plots import DEFAULT_KEYS, plot_metrics
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

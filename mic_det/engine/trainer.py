@@ -18,6 +18,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.build import build_source_loader, build_target_loader
 from ..data.mapper import DomainDatasetMapper
 from ..evaluation import build_evaluator
+from ..evaluation.plots import plot_metrics
 from ..teacher import EMATeacher
 from ..utils import get_rng_states, set_host_rng_states
 from .mic_step import MICStep
@@ -45,6 +46,19 @@ class _TeacherCheckpointable:
     def load_state_dict(self, state_dict):
         self.teacher.load_state_dict(state_dict)
         self.restored = True
+
+
+class MetricsPlotter(hooks.HookBase):
+    """Plots AP50 over iterations (student vs teacher) and the losses when training ends."""
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+
+    def after_train(self):
+        metrics = os.path.join(self.output_dir, "metrics.json")
+        if os.path.isfile(metrics):
+            for path in plot_metrics(metrics, os.path.join(self.output_dir, "plots")):
+                logger.info("Wrote %s", path)
 
 
 class MICTrainer(DefaultTrainer):
@@ -157,6 +171,8 @@ class MICTrainer(DefaultTrainer):
             # TensorBoard keep every evaluation (writers only see the latest value).
             period = math.gcd(20, cfg.TEST.EVAL_PERIOD) if cfg.TEST.EVAL_PERIOD > 0 else 20
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=period))
+            # After the writers, so the plots see the final metrics.
+            ret.append(MetricsPlotter(cfg.OUTPUT_DIR))
         return ret
 
 
