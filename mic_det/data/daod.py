@@ -182,29 +182,49 @@ def _parse_voc_xml(args: Tuple[str, str]) -> Tuple[int, int, List[Box], int]:
     return height, width, boxes, dropped
 
 
-def load_sim10k(name: str = "sim10k_car_train", root: Optional[str] = None) -> List[dict]:
-    """All annotated Sim10k frames with their ``car`` boxes."""
+def _load_per_image_labels(
+    name: str,
+    root: Optional[str],
+    label_dir: str,
+    image_dir: str,
+    layout: str,
+    label_ext: str,
+    image_ext: str,
+    parse: Callable[[Tuple[str, str]], Tuple[int, int, List[Box], int]],
+    cache_key: str,
+) -> List[dict]:
+    """Records of a layout with one label file per image (Sim10k's VOC xml, KITTI's txt).
+
+    ``parse((label_file, image_file))`` -> (height, width, boxes, #dropped); the
+    conversion is cached like Cityscapes' (see :func:`cached_conversion`).
+    """
     root = dataset_root(root)
-    base = os.path.join(root, "sim10k", "VOC2012")
-    ann_dir, img_dir = os.path.join(base, "Annotations"), os.path.join(base, "JPEGImages")
-    layout = "sim10k/VOC2012/{JPEGImages,Annotations}"
-    _require_dir(name, ann_dir, layout, root)
-    _require_dir(name, img_dir, layout, root)
-    xmls = sorted(os.path.join(ann_dir, f) for f in os.listdir(ann_dir) if f.endswith(".xml"))
-    if not xmls:
-        raise FileNotFoundError(f"Dataset '{name}': no .xml files in {ann_dir}.")
+    label_dir, image_dir = os.path.join(root, label_dir), os.path.join(root, image_dir)
+    _require_dir(name, label_dir, layout, root)
+    _require_dir(name, image_dir, layout, root)
+    labels = sorted(os.path.join(label_dir, f) for f in os.listdir(label_dir) if f.endswith(label_ext))
+    if not labels:
+        raise FileNotFoundError(f"Dataset '{name}': no {label_ext} files in {label_dir}.")
 
     def image_path(stem: str) -> str:
-        return os.path.join(img_dir, stem + ".jpg")
+        return os.path.join(image_dir, stem + image_ext)
 
     def build() -> Dict[str, list]:
-        stems = [os.path.basename(x)[: -len(".xml")] for x in xmls]
-        parsed = parallel_map(_parse_voc_xml, [(x, image_path(s)) for x, s in zip(xmls, stems)])
-        _log_dropped(ann_dir, sum(p[3] for p in parsed))
+        stems = [os.path.basename(x)[: -len(label_ext)] for x in labels]
+        parsed = parallel_map(parse, [(x, image_path(s)) for x, s in zip(labels, stems)])
+        _log_dropped(label_dir, sum(p[3] for p in parsed))
         return {s: [h, w, b] for s, (h, w, b, _) in zip(stems, parsed)}
 
-    entries = cached_conversion("sim10k-car", xmls, ann_dir, root, build)
+    entries = cached_conversion(cache_key, labels, label_dir, root, build)
     return _to_records(name, entries, image_path, CAR_CLASSES)
+
+
+def load_sim10k(name: str = "sim10k_car_train", root: Optional[str] = None) -> List[dict]:
+    """All annotated Sim10k frames with their ``car`` boxes."""
+    return _load_per_image_labels(
+        name, root, "sim10k/VOC2012/Annotations", "sim10k/VOC2012/JPEGImages",
+        "sim10k/VOC2012/{JPEGImages,Annotations}", ".xml", ".jpg", _parse_voc_xml, "sim10k-car",
+    )
 
 
 # --------------------------------------------------------------------- KITTI
@@ -242,27 +262,10 @@ def _parse_kitti_label(args: Tuple[str, str]) -> Tuple[int, int, List[Box], int]
 
 def load_kitti(name: str = "kitti_car_train", root: Optional[str] = None) -> List[dict]:
     """KITTI object ``training`` frames with their ``Car`` boxes."""
-    root = dataset_root(root)
-    base = os.path.join(root, "kitti", "training")
-    label_dir, img_dir = os.path.join(base, "label_2"), os.path.join(base, "image_2")
-    layout = "kitti/training/{image_2,label_2}"
-    _require_dir(name, label_dir, layout, root)
-    _require_dir(name, img_dir, layout, root)
-    txts = sorted(os.path.join(label_dir, f) for f in os.listdir(label_dir) if f.endswith(".txt"))
-    if not txts:
-        raise FileNotFoundError(f"Dataset '{name}': no .txt label files in {label_dir}.")
-
-    def image_path(stem: str) -> str:
-        return os.path.join(img_dir, stem + ".png")
-
-    def build() -> Dict[str, list]:
-        stems = [os.path.basename(t)[: -len(".txt")] for t in txts]
-        parsed = parallel_map(_parse_kitti_label, [(t, image_path(s)) for t, s in zip(txts, stems)])
-        _log_dropped(label_dir, sum(p[3] for p in parsed))
-        return {s: [h, w, b] for s, (h, w, b, _) in zip(stems, parsed)}
-
-    entries = cached_conversion("kitti-car", txts, label_dir, root, build)
-    return _to_records(name, entries, image_path, CAR_CLASSES)
+    return _load_per_image_labels(
+        name, root, "kitti/training/label_2", "kitti/training/image_2",
+        "kitti/training/{image_2,label_2}", ".txt", ".png", _parse_kitti_label, "kitti-car",
+    )
 
 
 # ------------------------------------------------------------------- BDD100k
