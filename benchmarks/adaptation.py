@@ -292,7 +292,9 @@ def final_record(out: str, iters: int) -> Optional[Dict]:
     with open(path) as f:
         for line in f:
             rec = json.loads(line)
-            if f"student/{TARGET_VAL}/bbox/AP50" in rec and rec.get("iteration") == iters - 1:
+            # The final evaluation runs after the last step and is logged at iteration `iters`
+            # (iters - 1 if it ran inside the last step): an earlier one is not the final model.
+            if f"student/{TARGET_VAL}/bbox/AP50" in rec and rec.get("iteration", -1) >= iters - 1:
                 found = rec
     return found
 
@@ -316,7 +318,7 @@ def check_same_command(out: str, cmd: List[str]) -> None:
     if os.path.isfile(path):
         with open(path) as f:
             old = json.load(f).get("command")
-        if old != cmd:
+        if old is not None and old[1:] != cmd[1:]:  # the interpreter's path may differ
             raise SystemExit(
                 f"{out} was run with a different command:\n  {' '.join(old)}\nnow:\n  {' '.join(cmd)}\n"
                 "use another --out-dir (or delete it)"
@@ -341,7 +343,7 @@ def run_one(method: str, seed: int, budget: Budget, out_dir: str) -> Dict:
     os.makedirs(out, exist_ok=True)
     with open(record_path, "w") as f:
         json.dump({"command": cmd}, f)  # written first, so a later budget change is caught
-    full_cmd = cmd[:3] + (["--resume"] if resumed else []) + cmd[3:]
+    full_cmd = cmd[:4] + (["--resume"] if resumed else []) + cmd[4:]  # after "--config-file FILE"
     print(f"[seed {seed}] {method}: {' '.join(full_cmd)}", flush=True)
     wall = execute(full_cmd, os.path.join(out, "stdout.txt"))
     steps = budget.iters - budget.burn_in if METHODS[method].resumes_burn_in else budget.iters
@@ -374,7 +376,7 @@ def read_run(out: str, budget: Budget, has_teacher: bool) -> Dict:
     """Final AP numbers of one run (student, teacher) and its pseudo-label quality over training."""
     rec = final_record(out, budget.iters)
     if rec is None:
-        raise RuntimeError(f"{out}/metrics.json holds no evaluation at iteration {budget.iters - 1}")
+        raise RuntimeError(f"{out}/metrics.json holds no final evaluation (iteration {budget.iters})")
     models = {tag: ap_numbers(rec, tag) for tag in (("student", "teacher") if has_teacher else ("student",))}
     return {"models": models, "pseudo_labels": pseudo_label_quality(out) if has_teacher else None}
 
@@ -566,8 +568,10 @@ def main_table(summary: Dict[str, Dict]) -> List[str]:
     return lines
 
 
-def class_table(summary: Dict[str, Dict]) -> List[str]:
-    classes = list(next(iter(summary.values()))["target_AP50_per_class"])
+def class_table(summary: Dict[str, Dict], order: Sequence[str] = ()) -> List[str]:
+    """Per-class target AP50; columns in the dataset's class order (metrics.json sorts them)."""
+    present = list(next(iter(summary.values()))["target_AP50_per_class"])
+    classes = [c for c in order if c in present] + [c for c in present if c not in order]
     lines = ["| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for row in summary.values():
         per = row["target_AP50_per_class"]
@@ -604,7 +608,7 @@ def time_table(timings: Dict[str, Dict[int, Dict]], budget: Budget) -> List[str]
 def report(desc: Dict, machine: Dict, dataset: Dict, summary: Dict, pseudo: Dict, timings: Dict, budget: Budget) -> str:
     lines = header_lines(desc, machine, dataset)
     lines += ["", "### Target (foggy val) and source (clear val) AP, student unless marked", ""] + main_table(summary)
-    lines += ["", "### Per-class target AP50 (mean over seeds)", ""] + class_table(summary)
+    lines += ["", "### Per-class target AP50 (mean over seeds)", ""] + class_table(summary, dataset.get("classes", ()))
     if pseudo:
         lines += ["", "### Pseudo-labels vs target-train labels (measurement only; mean over seeds)", ""]
         lines += pseudo_table(pseudo)
