@@ -214,3 +214,14 @@ def test_unreadable_training_images_are_skipped_and_counted(tiny_pair, tmp_path)
     last = read_metrics(out)[-1]
     assert last["data/skipped_images_source"] >= 1
     assert os.path.exists(out / "model_final.pth")
+
+
+def test_a_new_run_does_not_overwrite_an_earlier_one(source_only_run, tiny_pair):
+    before = os.path.getmtime(os.path.join(source_only_run, "model_final.pth"))
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/source_only.yaml", "SOLVER.MAX_ITER", "2"],
+        source_only_run, tiny_pair, check=False,
+    )
+    assert proc.returncode != 0
+    assert "already holds a run" in proc.stderr and "--resume" in proc.stderr
+    assert os.path.getmtime(os.path.join(source_only_run, "model_final.pth")) == before

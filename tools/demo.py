@@ -62,8 +62,8 @@ def train(config, output_dir, iters, burn_in, extra):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="output/demo")
-    parser.add_argument("--iters", type=int, default=1500, help="training steps of each run")
-    parser.add_argument("--burn-in", type=int, default=1000, help="source-only steps before MIC starts")
+    parser.add_argument("--iters", type=int, default=1200, help="training steps of each run")
+    parser.add_argument("--burn-in", type=int, default=800, help="source-only steps before MIC starts")
     parser.add_argument("--fresh", action="store_true", help="delete earlier demo outputs first")
     args, extra = parser.parse_known_args()
     if not 0 < args.burn_in < args.iters:

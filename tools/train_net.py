@@ -33,6 +33,18 @@ from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint
 logger = logging.getLogger("mic_det")
 
 
+def refuse_to_overwrite(cfg):
+    """A new run must not overwrite an earlier run's checkpoints in the same OUTPUT_DIR."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if os.path.isfile(last):
+        with open(last) as f:
+            name = f.read().strip()
+        raise SystemExit(
+            f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a run (last checkpoint: {name}). "
+            "Pass --resume to continue it, or set another OUTPUT_DIR; nothing was changed."
+        )
+
+
 def setup(args):
     """Config from file + overrides, user domains registered, then validated."""
     cfg = get_cfg()
@@ -47,6 +59,8 @@ def setup(args):
     if cfg.DATASETS.SYNTHETIC_ROOT:
         register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
     register_domains_from_args(args)
+    if not args.eval_only and not args.resume:
+        refuse_to_overwrite(cfg)  # before default_setup writes config.yaml there
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mic_det", abbrev_name="mic")
     check_datasets_registered(cfg)

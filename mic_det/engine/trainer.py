@@ -7,9 +7,9 @@ from collections import OrderedDict
 from typing import Dict, Optional
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
