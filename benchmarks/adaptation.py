@@ -43,7 +43,7 @@ threshold, method setting) looks at ``synthetic_foggy_val``; it is a test set.
 
 Commands
 --------
-    make bench-accuracy                                     # full: 1500 iters, burn-in 1000, seeds 0,1,2
+    make bench-accuracy                                     # full: 800 iters, burn-in 550, seeds 0,1,2
     make bench-accuracy BENCH_ARGS=--quick                  # 600 / 400, seed 0, source_only,mic,oracle
     python benchmarks/adaptation.py --seeds 0 --methods source_only,mic,oracle \\
         --iters 900 --burn-in 600 INPUT.MIN_SIZE_TRAIN "(192,)"   # trailing overrides reach every run
@@ -98,7 +98,10 @@ METHODS: Dict[str, Method] = {
     "sada": Method("SADA", "configs/synthetic/sada.yaml", True, False),
     "oracle": Method("oracle", "configs/synthetic/oracle.yaml", False, False),
 }
-FULL = dict(iters=1500, burn_in=1000, seeds="0,1,2", methods=",".join(METHODS))
+# Sized from the step times of benchmarks/speed.py on 2 cores (source-only 0.38 s,
+# MIC 0.84 s, MIC+SADA 1.04 s, SADA ~0.6 s per step) plus ~25 s per evaluation:
+# about 27 minutes per seed for the six methods, 81 for three seeds (limit 90).
+FULL = dict(iters=800, burn_in=550, seeds="0,1,2", methods=",".join(METHODS))
 QUICK = dict(iters=600, burn_in=400, seeds="0", methods="source_only,mic,oracle")
 
 
