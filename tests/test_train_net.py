@@ -100,6 +100,9 @@ def test_eval_only_student_and_teacher_differ(source_only_run, tiny_pair, tmp_pa
     s, t = ckpt["model"], {k[len("model."):]: v for k, v in ckpt["teacher"].items()}
     assert any(not torch.equal(s[k], t[k]) for k in s if k in t), "student and teacher weights are equal"
     assert reports["student"] != reports["teacher"]
+    for tag, report in reports.items():  # each result says what produced it
+        assert report["model"] == tag and report["dataset"] == "synthetic_foggy_val"
+        assert report["config"].endswith("config.yaml") and report["config_sha1"]
 
 
 def test_eval_only_teacher_of_a_source_only_checkpoint_is_a_clear_error(source_only_run, tiny_pair, tmp_path):

@@ -109,7 +109,7 @@ class MICTrainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return build_evaluator(cfg, dataset_name, output_folder, model_tag="student")
+        return build_evaluator(cfg, dataset_name, output_folder, model_tag="student", config_name=_config_path(cfg))
 
     # ------------------------------------------------------------ checkpoints
     def resume_or_load(self, resume: bool = True):
@@ -191,6 +191,11 @@ def models_to_evaluate(cfg: CfgNode, student: torch.nn.Module, teacher: Optional
     return models
 
 
+def _config_path(cfg: CfgNode) -> str:
+    """The full config of the run, as ``tools/train_net.py`` (default_setup) saved it."""
+    return os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+
+
 def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration: int = -1) -> Dict:
     """Evaluate each model on every ``DATASETS.TEST`` set.
 
@@ -204,7 +209,9 @@ def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration:
         results[tag] = OrderedDict()
         for dataset_name in cfg.DATASETS.TEST:
             loader = MICTrainer.build_test_loader(cfg, dataset_name)
-            evaluator = build_evaluator(cfg, dataset_name, output_dir, model_tag=tag, iteration=iteration)
+            evaluator = build_evaluator(
+                cfg, dataset_name, output_dir, model_tag=tag, iteration=iteration, config_name=_config_path(cfg)
+            )
             res = inference_on_dataset(model, loader, evaluator)
             results[tag][dataset_name] = res
             if comm.is_main_process():
