@@ -86,3 +86,31 @@ def test_source_only_step_is_detectron2s(tiny_pair, tmp_path):
 def test_mic_without_target_set_is_a_clear_error(tiny_pair, tmp_path):
     with pytest.raises(ValueError, match="DATASETS.TRAIN_TARGET"):
         _trainer(tiny_pair, tmp_path, "DATASETS.TRAIN_TARGET", "()")
+
+
+def test_sada_batches_both_domains_through_the_backbone_without_changing_the_losses(tiny_pair, tmp_path):
+    trainer = _trainer(tiny_pair, tmp_path, "UDA.ENABLED", "True", "MIC.ENABLED", "False")
+    model = trainer.model
+    source = next(iter(trainer._trainer.data_loader))
+    target = next(iter(trainer._trainer.target_loader))
+    calls = []
+    backbone_forward = model.backbone.forward
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return backbone_forward(x)
+
+    def losses(separate: bool):
+        torch.manual_seed(0)
+        if separate:
+            model._backbone_both = lambda s, t: (model.backbone(s.tensor), model.backbone(t.tensor))
+        with EventStorage(0):
+            return {k: v.item() for k, v in model(source, target_inputs=target).items()}
+
+    model.backbone.forward = counting
+    batched = losses(separate=False)
+    assert calls == [len(source) + len(target)]  # one pass for both domains
+    separate = losses(separate=True)
+    assert set(batched) >= {"loss_cls", "loss_da_img", "loss_da_ins", "loss_da_cst"}
+    for k in batched:
+        assert batched[k] == pytest.approx(separate[k], rel=1e-4, abs=1e-6), k
