@@ -24,7 +24,7 @@ from detectron2.utils.logger import setup_logger
 
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
 from mic_det import add_mic_config
-from mic_det.data.checks import check_datasets_registered, check_domain_classes
+from mic_det.data.checks import check_domain_classes
 from mic_det.data.cli import add_domain_arguments, register_domains_from_args
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
@@ -63,8 +63,7 @@ def setup(args):
         refuse_to_overwrite(cfg)  # before default_setup writes config.yaml there
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mic_det", abbrev_name="mic")
-    check_datasets_registered(cfg)
-    check_domain_classes(cfg)
+    check_domain_classes(cfg)  # checks the names are registered first
     return cfg
 
 

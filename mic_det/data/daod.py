@@ -149,6 +149,15 @@ def _log_dropped(source: str, dropped: int) -> None:
 
 
 # -------------------------------------------------------------------- Sim10k
+def _add_car_box(boxes: List[Box], corners: List[float], height: int, width: int) -> int:
+    """Append the clipped box (class 0, car) to ``boxes``; 1 if it was empty after clipping, else 0."""
+    box = _clip(corners, height, width)
+    if box is None:
+        return 1
+    boxes.append([0] + box)
+    return 0
+
+
 def _parse_voc_xml(args: Tuple[str, str]) -> Tuple[int, int, List[Box], int]:
     """One VOC xml -> (height, width, car boxes, #dropped); size from the image if absent."""
     xml_file, image_file = args
@@ -174,11 +183,7 @@ def _parse_voc_xml(args: Tuple[str, str]) -> Tuple[int, int, List[Box], int]:
             raise ValueError(f"{xml_file}: an object lacks a numeric <bndbox>.") from None
         corners[0] -= 1.0  # VOC pixel indices are 1-based (as detectron2's VOC loader)
         corners[1] -= 1.0
-        box = _clip(corners, height, width)
-        if box is None:
-            dropped += 1
-        else:
-            boxes.append([0] + box)
+        dropped += _add_car_box(boxes, corners, height, width)
     return height, width, boxes, dropped
 
 
@@ -252,11 +257,7 @@ def _parse_kitti_label(args: Tuple[str, str]) -> Tuple[int, int, List[Box], int]
                 raise ValueError(
                     f"{txt_file}:{lineno}: not a KITTI object label line: {line.strip()!r}"
                 )
-            box = _clip(corners, height, width)
-            if box is None:
-                dropped += 1
-            else:
-                boxes.append([0] + box)
+            dropped += _add_car_box(boxes, corners, height, width)
     return height, width, boxes, dropped
 
 

@@ -203,12 +203,11 @@ def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration:
     flattens it to ``<tag>/<dataset>/bbox/AP50`` in the event storage, so
     TensorBoard and ``metrics.json`` keep student and teacher apart.
     """
-    results = OrderedDict()
+    results = OrderedDict((tag, OrderedDict()) for tag in models)
     output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
-    for tag, model in models.items():
-        results[tag] = OrderedDict()
-        for dataset_name in cfg.DATASETS.TEST:
-            loader = MICTrainer.build_test_loader(cfg, dataset_name)
+    for dataset_name in cfg.DATASETS.TEST:
+        loader = MICTrainer.build_test_loader(cfg, dataset_name)  # one loader serves every model
+        for tag, model in models.items():
             evaluator = build_evaluator(
                 cfg, dataset_name, output_dir, model_tag=tag, iteration=iteration, config_name=_config_path(cfg)
             )
