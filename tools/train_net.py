@@ -14,7 +14,6 @@ Detectron2's usual flags, plus registration of user domains:
 import logging
 import os
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -70,10 +69,12 @@ def setup(args):
 def eval_only(cfg):
     """Evaluate ``MODEL.WEIGHTS``: its student, its teacher (if it has one), or both."""
     model = MICTrainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    # What the checkpointer leaves unread of the file (here: the teacher, if any).
+    checkpoint = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        cfg.MODEL.WEIGHTS, resume=False
+    )
     teacher = None
-    if cfg.TEST.EVAL_MODEL in ("teacher", "both") and cfg.MODEL.WEIGHTS.endswith(".pth"):
-        checkpoint = torch.load(cfg.MODEL.WEIGHTS, map_location="cpu")
+    if cfg.TEST.EVAL_MODEL in ("teacher", "both"):
         if "teacher" in checkpoint:
             teacher = EMATeacher(model)
             teacher.model.load_state_dict(teacher_weights_from_checkpoint(checkpoint))
