@@ -211,18 +211,22 @@ def _layout_error(name: str, missing: str, root: str) -> FileNotFoundError:
     )
 
 
+def _required_files(name: str, folder: str, suffix: str, root: str) -> List[str]:
+    """The ``*suffix`` files in ``folder``'s city folders; a clear error if there are none."""
+    if not os.path.isdir(folder):
+        raise _layout_error(name, folder, root)
+    files = _list_files(folder, suffix)
+    if not files:
+        raise FileNotFoundError(f"Dataset '{name}': no *{suffix} files in the city folders of {folder}.")
+    return files
+
+
 def load_gtfine_boxes(gt_dir: str, root: str, name: str = "cityscapes") -> Dict[str, list]:
     """``{"<city>/<frame>": [height, width, [[class, x0, y0, x1, y1], ...]]}`` of a split.
 
     Cached per split; the first parse runs in a process pool.
     """
-    if not os.path.isdir(gt_dir):
-        raise _layout_error(name, gt_dir, root)
-    files = _list_files(gt_dir, _GT_SUFFIX)
-    if not files:
-        raise FileNotFoundError(
-            f"Dataset '{name}': no *{_GT_SUFFIX} files in the city folders of {gt_dir}."
-        )
+    files = _required_files(name, gt_dir, _GT_SUFFIX, root)
 
     def build() -> Dict[str, list]:
         logger.info(f"Converting {len(files)} Cityscapes polygon files in {gt_dir} ...")
@@ -265,13 +269,7 @@ def load_cityscapes_boxes(
     records, unlabelled = [], []
     for folder, suffix in images:
         image_dir = os.path.join(base, folder, split)
-        if not os.path.isdir(image_dir):
-            raise _layout_error(name, image_dir, root)
-        files = _list_files(image_dir, suffix)
-        if not files:
-            raise FileNotFoundError(
-                f"Dataset '{name}': no *{suffix} images in the city folders of {image_dir}."
-            )
+        files = _required_files(name, image_dir, suffix, root)
         for path in files:
             key = os.path.relpath(path, image_dir)[: -len(suffix)].replace(os.sep, "/")
             if key not in gt:
