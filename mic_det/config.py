@@ -39,6 +39,11 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC.PSEUDO_SCORE_THRESH = 0.8
     # IoU of the class-wise NMS applied to the teacher's boxes before thresholding.
     _C.MIC.PSEUDO_NMS_THRESH = 0.5
+    # Teacher boxes scored in [PSEUDO_IGNORE_THRESH, PSEUDO_SCORE_THRESH) are
+    # "uncertain": anchors and RoIs that overlap one (by the RPN's and RoI
+    # head's own IoU thresholds) are left out of the MIC loss instead of being
+    # taught as background. Off when >= PSEUDO_SCORE_THRESH (the reference).
+    _C.MIC.PSEUDO_IGNORE_THRESH = 1.0
     # Weight of the box-regression losses (RPN and RoI) learned from pseudo-boxes.
     # 0.0 = the reference code: pseudo-boxes teach classification and objectness only.
     _C.MIC.PSEUDO_BOX_REG_WEIGHT = 0.0

@@ -6,25 +6,28 @@ student sees the same resized, flipped view, masked, so the boxes line up with
 its input as they are; nothing is rescaled here.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torchvision.ops import batched_nms
 
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-__all__ = ["make_pseudo_labels", "pseudo_label_stats", "pseudo_label_quality"]
+__all__ = ["make_pseudo_labels", "split_uncertain", "pseudo_label_stats", "pseudo_label_quality"]
 
 _PRED_FIELDS = ("pred_boxes", "scores", "pred_classes")
 
 
-def _empty_pseudo_labels(image_size, device: torch.device) -> Instances:
-    return Instances(
+def _empty_pseudo_labels(image_size, device: torch.device, with_ignore: bool) -> Instances:
+    ret = Instances(
         image_size,
         gt_boxes=Boxes(torch.zeros((0, 4), dtype=torch.float32, device=device)),
         gt_classes=torch.zeros((0,), dtype=torch.int64, device=device),
         gt_scores=torch.zeros((0,), dtype=torch.float32, device=device),
     )
+    if with_ignore:
+        ret.gt_ignore = torch.zeros((0,), dtype=torch.bool, device=device)
+    return ret
 
 
 def _has_predictions(pred) -> bool:
@@ -50,12 +53,15 @@ def _has_predictions(pred) -> bool:
     return True
 
 
-def _pseudo_labels_single(pred: Instances, score_thresh: float, nms_thresh: float) -> Instances:
+def _pseudo_labels_single(
+    pred: Instances, score_thresh: float, nms_thresh: float, ignore_thresh: Optional[float]
+) -> Instances:
+    with_ignore = ignore_thresh is not None
     if not _has_predictions(pred):
         device = pred.pred_boxes.device if pred.has("pred_boxes") else torch.device("cpu")
-        return _empty_pseudo_labels(pred.image_size, device)
+        return _empty_pseudo_labels(pred.image_size, device, with_ignore)
     device = pred.pred_boxes.tensor.device
-    keep = pred.scores >= score_thresh
+    keep = pred.scores >= (ignore_thresh if with_ignore else score_thresh)
     boxes = Boxes(pred.pred_boxes.tensor[keep].float().clone())
     scores = pred.scores[keep].float()
     classes = pred.pred_classes[keep].long()
@@ -64,16 +70,20 @@ def _pseudo_labels_single(pred: Instances, score_thresh: float, nms_thresh: floa
     nonempty = boxes.nonempty(threshold=0.0)
     boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
     if len(boxes) == 0:
-        return _empty_pseudo_labels(pred.image_size, device)
+        return _empty_pseudo_labels(pred.image_size, device, with_ignore)
 
     keep = batched_nms(boxes.tensor, scores, classes, nms_thresh)  # sorted by score, high first
-    return Instances(
-        pred.image_size, gt_boxes=boxes[keep], gt_classes=classes[keep], gt_scores=scores[keep]
-    )
+    ret = Instances(pred.image_size, gt_boxes=boxes[keep], gt_classes=classes[keep], gt_scores=scores[keep])
+    if with_ignore:
+        ret.gt_ignore = ret.gt_scores < score_thresh
+    return ret
 
 
 def make_pseudo_labels(
-    predictions: Sequence[Instances], score_thresh: float, nms_thresh: float
+    predictions: Sequence[Instances],
+    score_thresh: float,
+    nms_thresh: float,
+    ignore_thresh: Optional[float] = None,
 ) -> List[Instances]:
     """Turn the teacher's detections into training targets for the masked view.
 
@@ -83,13 +93,19 @@ def make_pseudo_labels(
             resized input size).
         score_thresh: delta; boxes scoring at least this are kept.
         nms_thresh: IoU of the class-wise NMS.
+        ignore_thresh: if given and below ``score_thresh``, boxes scoring in
+            ``[ignore_thresh, score_thresh)`` are kept too, flagged
+            ``gt_ignore = True``: regions the teacher is unsure of, which the
+            weighted heads leave out of the loss rather than call background
+            (see :func:`split_uncertain`). None (or >= ``score_thresh``): off.
 
     Returns:
         Per image, Instances of the same ``image_size`` with ``gt_boxes`` (Boxes),
         ``gt_classes`` (int64) and ``gt_scores`` (float32, the teacher's score,
         for the quality weight), highest score first. Boxes are clipped to the
         image and zero-area ones dropped; an image without any keeps empty but
-        well-shaped fields (so the caller decides whether to skip it).
+        well-shaped fields (so the caller decides whether to skip it). With
+        ``ignore_thresh`` every Instances also has the bool ``gt_ignore``.
 
     Thresholding happens before NMS, which keeps exactly the boxes NMS-then-threshold
     would: greedy NMS only lets a box be suppressed by a higher-scoring one, so
@@ -99,15 +115,41 @@ def make_pseudo_labels(
     """
     if not 0.0 <= float(nms_thresh) <= 1.0:
         raise ValueError(f"nms_thresh must be an IoU in [0, 1], got {nms_thresh}")
-    return [_pseudo_labels_single(p, float(score_thresh), float(nms_thresh)) for p in predictions]
+    if ignore_thresh is not None and float(ignore_thresh) >= float(score_thresh):
+        ignore_thresh = None
+    ignore = None if ignore_thresh is None else float(ignore_thresh)
+    return [_pseudo_labels_single(p, float(score_thresh), float(nms_thresh), ignore) for p in predictions]
+
+
+def split_uncertain(instances: Instances) -> Tuple[Instances, Boxes]:
+    """Split pseudo-labels into the confident ones (the targets) and the uncertain boxes.
+
+    Returns the Instances without its ``gt_ignore`` field, holding only the
+    boxes at or above delta, and the Boxes flagged ``gt_ignore``. Labelled
+    data and pseudo-labels made without an ignore threshold come back as
+    they are, with no uncertain box.
+    """
+    if not instances.has("gt_ignore"):
+        device = instances.gt_boxes.device if instances.has("gt_boxes") else None
+        return instances, Boxes(torch.zeros((0, 4), device=device))
+    ignore = instances.gt_ignore
+    confident = instances[~ignore]
+    confident.remove("gt_ignore")
+    return confident, instances.gt_boxes[ignore]
 
 
 def pseudo_label_stats(pseudo: Sequence[Instances]) -> Dict[str, float]:
     """Per-step summary for logging: how many pseudo-boxes, how many empty images, how sure.
 
+    Counts the confident boxes; with uncertain ones (``gt_ignore``) present,
+    ``uncertain_per_image`` says how many regions were left out of the loss.
+
     Every value is a finite float (0.0 for an empty batch or a batch without
     boxes), so it can go to TensorBoard without NaN checks.
     """
+    with_ignore = any(p.has("gt_ignore") for p in pseudo)
+    num_uncertain = sum(int(p.gt_ignore.sum()) for p in pseudo if p.has("gt_ignore"))
+    pseudo = [split_uncertain(p)[0] for p in pseudo]
     num_images = len(pseudo)
     counts = [len(p) for p in pseudo]
     num_boxes = sum(counts)
@@ -116,11 +158,14 @@ def pseudo_label_stats(pseudo: Sequence[Instances]) -> Dict[str, float]:
         mean_score = float(scores.float().mean())
     else:
         mean_score = 0.0
-    return {
+    stats = {
         "boxes_per_image": num_boxes / num_images if num_images else 0.0,
         "frac_images_empty": sum(c == 0 for c in counts) / num_images if num_images else 0.0,
         "mean_score": mean_score,
     }
+    if with_ignore:
+        stats["uncertain_per_image"] = num_uncertain / num_images if num_images else 0.0
+    return stats
 
 
 def _true_positives(pseudo: Instances, gt: Instances, iou_thresh: float) -> int:
@@ -163,6 +208,7 @@ def pseudo_label_quality(
     if not 0.0 < float(iou_thresh) <= 1.0:
         raise ValueError(f"iou_thresh must be in (0, 1], got {iou_thresh}")
     tp = num_pseudo = num_gt = 0
+    pseudo = [split_uncertain(p)[0] for p in pseudo]  # uncertain boxes are not labels
     for i, (p, g) in enumerate(zip(pseudo, gt)):
         if tuple(p.image_size) != tuple(g.image_size):
             raise ValueError(

@@ -114,3 +114,19 @@ def test_sada_batches_both_domains_through_the_backbone_without_changing_the_los
     assert set(batched) >= {"loss_cls", "loss_da_img", "loss_da_ins", "loss_da_cst"}
     for k in batched:
         assert batched[k] == pytest.approx(separate[k], rel=1e-4, abs=1e-6), k
+
+
+def test_uncertain_teacher_boxes_are_logged_and_left_out_of_the_loss(tiny_pair, tmp_path):
+    """With an ignore threshold, the step runs on confident boxes and reports the uncertain ones."""
+    trainer = _trainer(tiny_pair, tmp_path, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "MIC.PSEUDO_SCORE_THRESH", "0.0")
+    step = trainer._trainer
+    target = next(iter(step.target_loader))
+    with EventStorage(0):
+        scores = torch.cat([p.gt_scores for p in step.pseudo_label(target)]).sort().values
+    assert len(scores) > 4
+    # Half of the teacher's boxes confident, the rest uncertain.
+    step.score_thresh, step.ignore_thresh = float(scores[len(scores) // 2]), 0.0
+    logged = _one_step(trainer)
+    assert logged["mic/uncertain_per_image"] > 0 and logged["mic/boxes_per_image"] > 0
+    for name in ("loss_cls_mic", "loss_rpn_cls_mic"):
+        assert math.isfinite(logged[name]) and logged[name] > 0

@@ -215,3 +215,78 @@ def test_domain_alignment_reverses_the_gradient_into_the_features():
     reversed_, plain = grads(1.0), grads(-1.0)  # GRL weight -1 = no reversal
     assert plain.abs().sum() > 0
     torch.testing.assert_close(reversed_, -plain)
+
+
+# ----------------------------------------------------- uncertain teacher boxes (ignore regions)
+def test_image_quality_ignores_uncertain_boxes():
+    a = Instances((8, 8))
+    a.gt_scores = torch.tensor([0.9, 0.5, 0.7])
+    a.gt_ignore = torch.tensor([False, True, False])
+    torch.testing.assert_close(image_quality([a]), torch.tensor([0.8]))
+
+
+def test_roi_background_near_uncertain_boxes_gets_weight_zero():
+    cfg = _cfg(QUALITY_WEIGHT="none", PSEUDO_BOX_REG_WEIGHT=0.0)
+    head = MICFastRCNNOutputLayers(cfg, ShapeSpec(channels=8))
+    scores, deltas = _predictions()
+    proposals = _proposals(pseudo=True)
+    proposals[0].mic_ignored = torch.tensor([False, True, False])
+    proposals[1].mic_ignored = torch.tensor([False, False])
+    with EventStorage():
+        losses = head.losses((scores, deltas), proposals)
+    ce = F.cross_entropy(scores, torch.tensor([0, 2, 1, 2, 1]), reduction="none")
+    w = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0])
+    torch.testing.assert_close(losses["loss_cls"], (ce * w).sum() / 5)
+
+
+def test_roi_sampling_flags_only_background_rois_on_uncertain_boxes():
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = _cfg()
+    cfg.MODEL.ROI_HEADS.NAME = "MICROIHeads"
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 64
+    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 8
+    cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 2
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=4, stride=4)})
+    confident_box, uncertain_box, far = [2.0, 2.0, 20.0, 20.0], [30.0, 30.0, 50.0, 50.0], [52.0, 2.0, 62.0, 12.0]
+    target = Instances((64, 64))
+    target.gt_boxes = Boxes(torch.tensor([confident_box, uncertain_box]))
+    target.gt_classes = torch.tensor([0, 1])
+    target.gt_scores = torch.tensor([0.9, 0.6])
+    target.gt_ignore = torch.tensor([False, True])
+    proposals = Instances((64, 64))
+    proposals.proposal_boxes = Boxes(torch.tensor([confident_box, [31.0, 31.0, 50.0, 49.0], far, [30.0, 30.0, 40.0, 40.0]]))
+    proposals.objectness_logits = torch.zeros(4)
+    with EventStorage():
+        (sampled,) = heads.label_and_sample_proposals([proposals], [attach_image_quality([target])[0]])
+    boxes = sampled.proposal_boxes.tensor.tolist()
+    by_box = {tuple(b): (int(c), bool(i)) for b, c, i in zip(boxes, sampled.gt_classes, sampled.mic_ignored)}
+    # The uncertain box is neither a target nor an appended gt proposal: only the confident one is.
+    assert by_box[tuple(confident_box)] == (0, False)
+    assert tuple(uncertain_box) not in by_box
+    assert by_box[(31.0, 31.0, 50.0, 49.0)] == (2, True)  # background, IoU .9 with the uncertain box
+    assert by_box[tuple(far)] == (2, False)
+    assert by_box[(30.0, 30.0, 40.0, 40.0)] == (2, False)  # IoU .25 < 0.5: still background
+    assert not sampled.has("gt_ignore")
+
+
+def test_rpn_anchors_near_uncertain_boxes_are_ignored_not_negative():
+    torch.manual_seed(0)
+    rpn = _rpn("none").train()
+    anchors = [Boxes(torch.tensor([[2.0, 2.0, 18.0, 18.0], [14.0, 14.0, 30.0, 30.0], [15.0, 15.0, 31.0, 31.0], [0.0, 16.0, 16.0, 32.0]]))]
+    g = Instances((32, 32))
+    g.gt_boxes = Boxes(torch.tensor([[2.0, 2.0, 18.0, 18.0], [14.0, 14.0, 30.0, 30.0]]))
+    g.gt_classes = torch.zeros(2, dtype=torch.long)
+    g.gt_scores = torch.tensor([0.9, 0.6])
+    g.gt_ignore = torch.tensor([False, True])
+    with_ignore, _ = rpn.label_and_sample_anchors(anchors, [g])
+    confident = g[~g.gt_ignore]
+    confident.remove("gt_ignore")
+    without, _ = rpn.label_and_sample_anchors(anchors, [confident])
+    # Anchor 0: positive either way; 1 and 2 overlap the uncertain box (IoU 1, .78): ignored, not
+    # negative; 3 overlaps neither by >= 0.3: negative either way.
+    assert without[0].tolist() == [1, 0, 0, 0]
+    assert with_ignore[0].tolist() == [1, -1, -1, 0]

@@ -10,7 +10,7 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from mic_det.pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats
+from mic_det.pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
 
 IMAGE_SIZE = (100, 200)  # (height, width) of the network input
 
@@ -55,6 +55,38 @@ def test_score_threshold_is_inclusive():
     (out,) = make_pseudo_labels([pred], score_thresh=0.8, nms_thresh=0.5)
     assert out.gt_scores.tolist() == pytest.approx([0.95, 0.8])
     assert out.gt_boxes.tensor.tolist() == [[40, 40, 50, 50], [0, 0, 10, 10]]
+
+
+def test_uncertain_boxes_are_flagged_between_the_two_thresholds():
+    pred = _pred(
+        [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50], [60, 60, 70, 70], [1, 1, 11, 11]],
+        [0.9, 0.6, 0.5, 0.49, 0.7],
+        [0, 1, 0, 0, 0],
+    )
+    (out,) = make_pseudo_labels([pred], score_thresh=0.8, nms_thresh=0.5, ignore_thresh=0.5)
+    # 0.49 is below the ignore threshold; the 0.7 box is suppressed by the 0.9 box (same class, IoU .68)
+    assert out.gt_scores.tolist() == pytest.approx([0.9, 0.6, 0.5])
+    assert out.gt_ignore.tolist() == [False, True, True]
+    confident, uncertain = split_uncertain(out)
+    assert not confident.has("gt_ignore") and confident.gt_scores.tolist() == pytest.approx([0.9])
+    assert uncertain.tensor.tolist() == [[20, 20, 30, 30], [40, 40, 50, 50]]
+    # Stats and quality count confident boxes only; the uncertain ones are reported apart.
+    stats = pseudo_label_stats([out])
+    assert stats["boxes_per_image"] == 1.0 and stats["uncertain_per_image"] == 2.0
+    q = pseudo_label_quality([out], [_gt([[20, 20, 30, 30]], [1])])
+    assert q["num_pseudo"] == 1.0 and q["tp"] == 0.0
+
+
+def test_ignore_threshold_at_or_above_delta_is_off():
+    pred = _pred([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.6], [0, 0])
+    for ignore in (None, 0.8, 0.95):
+        (out,) = make_pseudo_labels([pred], 0.8, 0.5, ignore_thresh=ignore)
+        assert not out.has("gt_ignore") and len(out) == 1
+        confident, uncertain = split_uncertain(out)
+        assert confident is out and len(uncertain) == 0
+    (empty,) = make_pseudo_labels([_pred([], [], [])], 0.8, 0.5, ignore_thresh=0.5)
+    _assert_empty(empty)
+    assert empty.gt_ignore.shape == (0,) and empty.gt_ignore.dtype == torch.bool
 
 
 def test_nms_is_class_wise():

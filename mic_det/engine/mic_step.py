@@ -22,7 +22,7 @@ from detectron2.utils.events import get_event_storage
 from ..data.build import target_batch_size
 from ..masking import BlockMaskGenerator, MaskAugmentation, apply_block_mask, mask_ratio_drawn
 from ..modeling.quality_weight import attach_image_quality
-from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats
+from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
 from ..teacher import EMATeacher, unwrap_model
 from ..utils import set_torch_rng_states
 
@@ -72,6 +72,7 @@ class MICStep(SimpleTrainer):
         self.loss_weight = mic.LOSS_WEIGHT
         self.score_thresh = mic.PSEUDO_SCORE_THRESH
         self.nms_thresh = mic.PSEUDO_NMS_THRESH
+        self.ignore_thresh = mic.PSEUDO_IGNORE_THRESH if mic.PSEUDO_IGNORE_THRESH < mic.PSEUDO_SCORE_THRESH else None
         self.mask_source = mic.MASK_SOURCE
         self.log_quality = mic.LOG_PSEUDO_LABEL_QUALITY
         self.mask_generator = BlockMaskGenerator(mic.MASK_BLOCK_SIZE, mic.MASK_RATIO)
@@ -202,7 +203,7 @@ class MICStep(SimpleTrainer):
     def pseudo_label(self, target: List[Dict]) -> List[Instances]:
         """Teacher boxes on the unmasked target view, in network-input coordinates."""
         predictions = self.teacher.model.inference(target, do_postprocess=False)
-        return make_pseudo_labels(predictions, self.score_thresh, self.nms_thresh)
+        return make_pseudo_labels(predictions, self.score_thresh, self.nms_thresh, self.ignore_thresh)
 
     def _mic_losses(self, target: List[Dict]) -> Dict[str, torch.Tensor]:
         pseudo = self.pseudo_label(target)
@@ -211,7 +212,8 @@ class MICStep(SimpleTrainer):
         storage.put_scalars(**{f"mic/{k}": v for k, v in stats.items()})
         if self.log_quality:
             self._log_pseudo_label_quality(target, pseudo)
-        keep = [i for i, p in enumerate(pseudo) if len(p) > 0]
+        # An image counts when the teacher is sure of at least one box in it.
+        keep = [i for i, p in enumerate(pseudo) if len(split_uncertain(p)[0]) > 0]
         if not keep:
             # Images without pseudo-boxes are left out; with none left the MIC
             # loss is exactly zero (never NaN) and the step is a source step.

@@ -8,7 +8,7 @@ losses bit for bit.
 from typing import List, Optional
 
 import torch
-from detectron2.structures import Instances
+from detectron2.structures import Boxes, Instances, pairwise_iou
 
 __all__ = [
     "QUALITY_WEIGHT_MODES",
@@ -16,6 +16,7 @@ __all__ = [
     "image_quality",
     "attach_image_quality",
     "check_mode",
+    "ignored_by_overlap",
     "pseudo_loss_config",
 ]
 
@@ -36,14 +37,14 @@ def is_pseudo_labelled(instances: Optional[List[Instances]]) -> bool:
 
 
 def image_quality(instances: List[Instances]) -> torch.Tensor:
-    """Per-image teacher confidence: the mean score of its pseudo-boxes (0 if none).
+    """Per-image teacher confidence: the mean score of its confident pseudo-boxes (0 if none).
 
     Used where a loss term is not tied to one pseudo-box (background anchors and
     RoIs), so the whole image is trusted as much as its teacher was on average.
     """
     out = []
     for x in instances:
-        s = x.gt_scores
+        s = x.gt_scores[~x.gt_ignore] if x.has("gt_ignore") else x.gt_scores
         out.append(s.mean() if s.numel() else s.new_zeros(()))
     return torch.stack(out).detach()
 
@@ -58,6 +59,13 @@ def attach_image_quality(instances: List[Instances]) -> List[Instances]:
     for x, q in zip(instances, image_quality(instances)):
         x.gt_image_quality = q.expand(len(x)).clone()
     return instances
+
+
+def ignored_by_overlap(boxes: Boxes, uncertain: Boxes, iou_thresh: float) -> torch.Tensor:
+    """Which of ``boxes`` (anchors or RoIs) overlap an uncertain teacher box by >= ``iou_thresh``."""
+    if len(uncertain) == 0 or len(boxes) == 0:
+        return torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    return pairwise_iou(uncertain, boxes).max(dim=0).values >= iou_thresh
 
 
 def pseudo_loss_config(cfg) -> dict:

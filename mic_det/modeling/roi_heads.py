@@ -12,7 +12,8 @@ from detectron2.layers import cat, cross_entropy
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, FastRCNNOutputLayers, StandardROIHeads
 from detectron2.structures import Instances
 
-from .quality_weight import check_mode, pseudo_loss_config
+from ..pseudo_labels import split_uncertain
+from .quality_weight import check_mode, ignored_by_overlap, pseudo_loss_config
 
 __all__ = ["MICFastRCNNOutputLayers", "MICROIHeads"]
 
@@ -62,6 +63,8 @@ class MICFastRCNNOutputLayers(FastRCNNOutputLayers):
         gt_classes = cat([p.gt_classes for p in proposals], dim=0)
         per_roi = cross_entropy(scores, gt_classes, reduction="none")
         weight = self.roi_weights(scores, proposals)
+        if proposals[0].has("mic_ignored"):  # background RoIs on uncertain teacher boxes
+            weight = weight * ~cat([p.mic_ignored for p in proposals], dim=0)
         loss_cls = (per_roi * weight).sum() / max(gt_classes.numel(), 1)
         losses["loss_cls"] = loss_cls * self.loss_weight.get("loss_cls", 1.0)
         losses["loss_box_reg"] = losses["loss_box_reg"] * self.pseudo_box_reg_weight
@@ -93,6 +96,26 @@ class MICROIHeads(StandardROIHeads):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictor"] = MICFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
+
+    def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances]) -> List[Instances]:
+        """Detectron2's sampling on the confident boxes; background RoIs near uncertain ones flagged.
+
+        With pseudo-labels that carry uncertain teacher boxes (``gt_ignore``,
+        see ``MIC.PSEUDO_IGNORE_THRESH``), matching and sampling see only the
+        confident boxes, exactly as without them; then every sampled
+        background RoI that overlaps an uncertain box by at least the IoU at
+        which a RoI stops being background gets ``mic_ignored = True``, and
+        the box predictor gives it weight 0.
+        """
+        split = [split_uncertain(t) for t in targets]
+        sampled = super().label_and_sample_proposals(proposals, [c for c, _ in split])
+        if all(len(u) == 0 for _, u in split):
+            return sampled
+        background_below = self.proposal_matcher.thresholds[1]
+        for p, (_, uncertain) in zip(sampled, split):
+            near = ignored_by_overlap(p.proposal_boxes, uncertain, background_below)
+            p.mic_ignored = near & (p.gt_classes == self.num_classes)
+        return sampled
 
     def box_features_for(self, features: Dict[str, torch.Tensor], boxes) -> torch.Tensor:
         """Box-head features of arbitrary boxes (used for unlabelled target RoIs)."""

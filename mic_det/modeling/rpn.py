@@ -1,5 +1,5 @@
 """RPN whose objectness loss can be quality-weighted on pseudo-labelled batches."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -8,7 +8,8 @@ from detectron2.layers import cat
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
 from detectron2.structures import Boxes, ImageList, Instances
 
-from .quality_weight import check_mode, image_quality, is_pseudo_labelled, pseudo_loss_config
+from ..pseudo_labels import split_uncertain
+from .quality_weight import check_mode, ignored_by_overlap, image_quality, is_pseudo_labelled, pseudo_loss_config
 
 __all__ = ["MICRPN"]
 
@@ -51,6 +52,27 @@ class MICRPN(RPN):
             return super().forward(images, features, gt_instances)
         finally:
             self._pseudo_quality = None
+
+    def label_and_sample_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Detectron2's labels from the confident boxes; anchors near uncertain ones ignored.
+
+        An anchor that would be a negative but overlaps an uncertain teacher box
+        (``gt_ignore``, see ``MIC.PSEUDO_IGNORE_THRESH``) by at least the RPN's
+        own negative threshold is set to -1: the teacher could not say whether
+        an object is there, so it is not taught as background.
+        """
+        split = [split_uncertain(x) for x in gt_instances]
+        gt_labels, matched = super().label_and_sample_anchors(anchors, [c for c, _ in split])
+        if all(len(u) == 0 for _, u in split):
+            return gt_labels, matched
+        all_anchors = Boxes.cat(anchors)
+        negative_below = self.anchor_matcher.thresholds[1]  # IoU under which an anchor is background
+        for labels, (_, uncertain) in zip(gt_labels, split):
+            near = ignored_by_overlap(all_anchors, uncertain, negative_below)
+            labels[near & (labels == 0)] = -1
+        return gt_labels, matched
 
     def losses(
         self,
