@@ -72,7 +72,7 @@ class MICStep(SimpleTrainer):
         self.loss_weight = mic.LOSS_WEIGHT
         self.score_thresh = mic.PSEUDO_SCORE_THRESH
         self.nms_thresh = mic.PSEUDO_NMS_THRESH
-        self.ignore_thresh = mic.PSEUDO_IGNORE_THRESH if mic.PSEUDO_IGNORE_THRESH < mic.PSEUDO_SCORE_THRESH else None
+        self.ignore_thresh = mic.PSEUDO_IGNORE_THRESH  # off when >= delta (make_pseudo_labels)
         self.mask_source = mic.MASK_SOURCE
         self.log_quality = mic.LOG_PSEUDO_LABEL_QUALITY
         self.mask_generator = BlockMaskGenerator(mic.MASK_BLOCK_SIZE, mic.MASK_RATIO)
