@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.engine import SimpleTrainer
+from detectron2.engine import SimpleTrainer, TrainerBase
 from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -25,6 +25,7 @@ from ..modeling.quality_weight import attach_image_quality
 from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
 from ..teacher import EMATeacher, unwrap_model
 from ..utils import set_torch_rng_states
+from .optimizer_state import optimizer_param_names, remap_optimizer_state
 
 __all__ = ["MICStep", "DETECTION_LOSS_NAMES"]
 
@@ -100,12 +101,32 @@ class MICStep(SimpleTrainer):
     # ------------------------------------------------------------------ state
     def state_dict(self):
         ret = super().state_dict()
+        ret["optimizer_param_names"] = optimizer_param_names(self.model, self.optimizer)
         if self.grad_scaler is not None:
             ret["grad_scaler"] = self.grad_scaler.state_dict()
         return ret
 
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
+        names = optimizer_param_names(self.model, self.optimizer)
+        saved_names = state_dict.get("optimizer_param_names")
+        if saved_names is None or saved_names == names:
+            # Same parameters (or a checkpoint without names): Detectron2's exact load.
+            try:
+                super().load_state_dict(state_dict)
+            except ValueError as e:  # a checkpoint of another parameter set, without names
+                TrainerBase.load_state_dict(self, state_dict)
+                logger.warning("The checkpoint's optimizer state does not fit this model (%s): "
+                               "the optimizer starts fresh (momentum 0).", e)
+        else:
+            # Another parameter set (e.g. a source-only checkpoint continued with SADA).
+            TrainerBase.load_state_dict(self, state_dict)
+            remapped, restored = remap_optimizer_state(state_dict["optimizer"], saved_names, self.optimizer, names)
+            self.optimizer.load_state_dict(remapped)
+            logger.info(
+                "Optimizer state restored by name for %d of %d parameters; the others "
+                "(not in the checkpoint: %s) start fresh.",
+                restored, len(names), ", ".join(sorted(set(names) - set(saved_names))[:5]) or "none",
+            )
         if self.grad_scaler is not None and "grad_scaler" in state_dict:
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
