@@ -228,3 +228,27 @@ def test_a_new_run_does_not_overwrite_an_earlier_one(source_only_run, tiny_pair)
     assert proc.returncode != 0
     assert "already holds a run" in proc.stderr and "--resume" in proc.stderr
     assert os.path.getmtime(os.path.join(source_only_run, "model_final.pth")) == before
+
+
+def test_sada_continues_a_source_only_checkpoint_with_its_momentum(source_only_run, tiny_pair, tmp_path):
+    """A source-only checkpoint resumed as MIC+SADA (as the benchmark and demo do): the
+    discriminators are new parameters, so the optimizer state is carried over by name."""
+    out = tmp_path / "mic_sada"
+    out.mkdir()
+    shutil.copy(source_only_run / "model_final.pth", out / "model_final.pth")
+    (out / "last_checkpoint").write_text("model_final.pth")
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/mic_sada.yaml", "--resume",
+         "SOLVER.MAX_ITER", "203", "SOLVER.STEPS", "(180,)", "MIC.BURN_IN_ITERS", "200",
+         "MIC.PSEUDO_SCORE_THRESH", "0.3", "DATASETS.TRAIN_TARGET", "('synthetic_clear_train',)",
+         "DATASETS.TEST", "()"],
+        out, tiny_pair,
+    )
+    log = proc.stdout + proc.stderr
+    assert "Starting training from iteration 200" in log
+    # Every source-only parameter keeps its momentum; only the discriminators start fresh.
+    assert "Optimizer state restored by name for" in log
+    restored, total = map(int, log.split("Optimizer state restored by name for ")[1].split(" parameters")[0].split(" of "))
+    assert 0 < restored < total
+    last = [r for r in read_metrics(out) if "loss_da_img" in r][-1]
+    assert last["iteration"] == 202 and last["loss_cls_mic"] >= 0.0
