@@ -115,9 +115,8 @@ def make_pseudo_labels(
     """
     if not 0.0 <= float(nms_thresh) <= 1.0:
         raise ValueError(f"nms_thresh must be an IoU in [0, 1], got {nms_thresh}")
-    if ignore_thresh is not None and float(ignore_thresh) >= float(score_thresh):
-        ignore_thresh = None
-    ignore = None if ignore_thresh is None else float(ignore_thresh)
+    # An ignore threshold at or above delta leaves no box to flag: off.
+    ignore = None if ignore_thresh is None or ignore_thresh >= score_thresh else float(ignore_thresh)
     return [_pseudo_labels_single(p, float(score_thresh), float(nms_thresh), ignore) for p in predictions]
 
 
