@@ -49,7 +49,10 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC.PSEUDO_BOX_REG_WEIGHT = 0.0
     # q_T, the per-RoI / per-anchor quality weight of the MIC loss:
     #   "teacher_score": the teacher's score of the matched pseudo-box (the paper's formula),
-    #   "student_prob":  the student's own detached max-softmax / objectness (the reference code),
+    #   "student_prob":  the reference code's weight (lhoyer/MIC det/, PSEUDO_LABEL_WEIGHT 'prob'):
+    #                    RoI head: the student's own max-softmax per RoI, detached;
+    #                    RPN: sigmoid(objectness) of every sampled anchor, positive or
+    #                    negative, NOT detached (the weight is differentiated too),
     #   "none":          every pseudo-labelled RoI weighs 1.
     _C.MIC.QUALITY_WEIGHT = "teacher_score"
     # Also learn the labelled source image from a masked copy (paper's ablation

@@ -150,8 +150,7 @@ def test_rpn_objectness_quality_weight(mode):
     if mode == "teacher_score":
         w = torch.tensor([[0.85], [1.0]]).expand_as(logits)
     elif mode == "student_prob":
-        p = logits.detach().sigmoid()
-        w = torch.maximum(p, 1 - p)
+        w = logits.detach().sigmoid()  # the value; its gradient: tests/test_quality_weight.py
     else:
         w = torch.ones_like(logits)
     expected = (bce * w)[valid].sum() / (16 * 2)

@@ -25,7 +25,11 @@ class MICFastRCNNOutputLayers(FastRCNNOutputLayers):
 
     * ``teacher_score``: foreground RoIs take the teacher score of the
       pseudo-box they matched; background RoIs take their image's mean score.
-    * ``student_prob``: the student's own detached max-softmax (reference code).
+    * ``student_prob``: the student's own max-softmax over all classes
+      (background included), detached, for every sampled RoI -- what the
+      reference computes (``det/maskrcnn_benchmark/modeling/roi_heads/box_head/loss.py``
+      of lhoyer/MIC, ``use_pseudo_labeling_weight == 'prob'``: mean over the
+      RoIs of weight x cross-entropy, as here).
     * ``none``: 1.
 
     The box-regression loss on pseudo-labels is scaled by

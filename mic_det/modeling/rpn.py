@@ -22,7 +22,22 @@ class MICRPN(RPN):
     objectness loss of every sampled anchor is multiplied by the quality weight
     (``MIC.QUALITY_WEIGHT``) and the localisation loss by
     ``MIC.PSEUDO_BOX_REG_WEIGHT`` (0 in the reference: pseudo-boxes are not
-    precise enough to regress to).
+    precise enough to regress to). Per sampled anchor with objectness logit x
+    and label y, the loss term is ``w * BCE(x, y)`` with
+
+    * ``teacher_score``: w = the image's mean teacher score (an anchor is not
+      tied to one pseudo-box);
+    * ``student_prob``: w = sigmoid(x), the student's foreground probability,
+      for positive and negative anchors alike and *not* detached, so the
+      gradient is ``sigmoid'(x) * BCE + sigmoid(x) * (sigmoid(x) - y)``. This
+      is what the reference computes (``det/maskrcnn_benchmark/modeling/rpn/loss.py``
+      of lhoyer/MIC, ``use_pseudo_labeling_weight == 'prob'``): it down-weights
+      negatives the student already rejects rather than measuring confidence;
+    * ``none``: w = 1.
+
+    The sum is divided by Detectron2's normalizer (``BATCH_SIZE_PER_IMAGE`` x
+    images), as for labelled batches; the reference takes the mean over the
+    sampled anchors, the same number whenever the sampler fills its quota.
     """
 
     @configurable
@@ -91,8 +106,9 @@ class MICRPN(RPN):
         if self.quality_weight == "teacher_score":
             weight = self._pseudo_quality.to(logits.dtype)[:, None].expand_as(logits)
         elif self.quality_weight == "student_prob":
-            p = logits.detach().sigmoid()
-            weight = torch.maximum(p, 1.0 - p)
+            # The reference's foreground probability, for positives and negatives
+            # alike and *not* detached: the weight is part of the loss's gradient.
+            weight = logits.sigmoid()
         else:
             weight = torch.ones_like(logits)
         per_anchor = F.binary_cross_entropy_with_logits(
