@@ -66,14 +66,20 @@ def add_mic_config(cfg: CN) -> CN:
     # Log pseudo-label precision/recall against the target stream's own labels
     # when it has them (a measurement only: the labels never reach a loss).
     _C.MIC.LOG_PSEUDO_LABEL_QUALITY = False
-    # Colour jitter and blur on the masked view, drawn afresh per image and step.
+    # Colour jitter and blur on the masked view (mic_det/augment.py), drawn afresh
+    # per image and step. The reference draws each on/off once per *run*.
     _C.MIC.MASK_AUG = CN()
     _C.MIC.MASK_AUG.ENABLED = True
-    # Probability that colour jitter is applied to an image at a step.
-    _C.MIC.MASK_AUG.COLOR_JITTER_PROB = 0.2
-    # Strength s of brightness/contrast/saturation (s) and hue (s / 4) jitter.
+    # Probability that colour jitter IS applied to an image at a step. The
+    # reference's p = 0.2 is the probability of NOT applying it (it jitters when
+    # U > p), so its rate is 1 - 0.2 = 0.8; this default was 0.2 before.
+    _C.MIC.MASK_AUG.COLOR_JITTER_PROB = 0.8
+    # Strength s: brightness, contrast, saturation factors ~ U[1-s, 1+s] and a hue
+    # shift ~ U[-s, s] of a turn (the reference's s = 0.2 for all four), <= 0.5.
     _C.MIC.MASK_AUG.COLOR_JITTER_STRENGTH = 0.2
-    # Probability of a Gaussian blur with sigma ~ U[0.15, 1.15] (as the reference).
+    # Probability that a Gaussian blur (sigma ~ U[0.15, 1.15], kernel the largest
+    # odd size <= 0.1 x the side) IS applied; the reference blurs when U > 0.5,
+    # the same rate 0.5.
     _C.MIC.MASK_AUG.BLUR_PROB = 0.5
 
     # --------------------------------------------------- base UDA (SADA / DA-Faster)

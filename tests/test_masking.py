@@ -1,4 +1,4 @@
-"""Block masks, masking of the normalized batch and the masked-view augmentation.
+"""Block masks and the masking of the normalized batch (the augmentation: tests/test_augment.py).
 
 Statistical checks use seeded generators (deterministic, never flaky) and bounds
 of 4 binomial standard deviations, so a wrong ratio, block size, grid anchor or a
@@ -13,14 +13,7 @@ import torch
 from detectron2.config import get_cfg
 
 from mic_det.config import add_mic_config
-from mic_det.masking import (
-    BlockMaskGenerator,
-    MaskAugmentation,
-    apply_block_mask,
-    gaussian_kernels,
-    jitter_rgb,
-    mask_ratio_drawn,
-)
+from mic_det.masking import BlockMaskGenerator, apply_block_mask, mask_ratio_drawn
 
 PIXEL_MEAN = [103.53, 116.28, 123.675]  # Detectron2's BGR defaults
 PIXEL_STD = [57.375, 57.12, 58.395]
@@ -151,14 +144,12 @@ def test_seeded_generator_is_reproducible_and_device_is_honoured():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_mask_and_augmentation_on_cuda():
+def test_mask_on_cuda():
     g = torch.Generator(device="cuda").manual_seed(0)
     mask = BlockMaskGenerator(8, 0.5)(2, 40, 50, "cuda", generator=g)
     assert mask.is_cuda
     images = torch.randn(2, 3, 40, 50, device="cuda")
-    out = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 1.0, 0.2, 1.0)(images, [(40, 50), (30, 20)], g)
-    assert out.is_cuda
-    assert apply_block_mask(out, mask, [(40, 50), (30, 20)]).is_cuda
+    assert apply_block_mask(images, mask, [(40, 50), (30, 20)]).is_cuda
 
 
 def test_mask_generator_from_config():
@@ -208,171 +199,3 @@ def test_mask_ratio_drawn_counts_only_the_image_area():
 
     big = BlockMaskGenerator(8, 0.3)(32, 256, 256, "cpu", generator=_gen(8))
     assert abs(mask_ratio_drawn(big, [(256, 256)] * 32) - 0.3) < _binomial_bound(0.3, 32 * 32 * 32)
-
-
-# ----------------------------------------------------------------- MaskAugmentation
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        dict(color_jitter_prob=-0.1),
-        dict(blur_prob=1.5),
-        dict(color_jitter_strength=1.5),
-        dict(input_format="L"),
-        dict(pixel_std=[1.0, 0.0, 1.0]),
-        dict(pixel_mean=[0.0]),
-    ],
-)
-def test_mask_augmentation_rejects_bad_arguments(kwargs):
-    args = dict(pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD)
-    args.update(kwargs)
-    with pytest.raises(ValueError):
-        MaskAugmentation(**args)
-
-
-def test_augmentation_with_zero_probabilities_is_identity():
-    sizes = [(20, 30), (12, 9)]
-    images = _padded_batch(sizes, 20, 30)
-    aug = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, color_jitter_prob=0.0, blur_prob=0.0)
-    out = aug(images, sizes)
-    assert torch.equal(out, images) and out.data_ptr() != images.data_ptr()
-
-
-@pytest.mark.parametrize("jitter, blur", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0)])
-def test_augmentation_changes_every_image_and_leaves_padding(jitter, blur):
-    # (A blur with sigma near 0.15 barely changes an image; this seed draws larger ones.)
-    sizes = [(24, 30), (15, 11), (24, 20)]
-    images = _padded_batch(sizes, 24, 30)
-    before = images.clone()
-    aug = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, jitter, 0.4, blur)
-    out = aug(images, sizes, generator=_gen(9))
-    assert torch.equal(images, before), "the input batch was modified"
-    assert bool(torch.isfinite(out).all())
-    for i, (h, w) in enumerate(sizes):
-        assert not torch.allclose(out[i, :, :h, :w], images[i, :, :h, :w], atol=1e-3)
-    assert bool((_padding(out, sizes) == SENTINEL).all())
-
-
-def test_jitter_is_done_in_pixel_space():
-    # White images: brightness scales and clamps at 255; contrast, saturation and
-    # hue cannot tint a uniform gray. Jittering normalized values instead would
-    # exceed 255 and, with per-channel mean/std, tint the gray.
-    n = 32
-    images = _normalize(torch.full((n, 3, 6, 7), 255.0))
-    aug = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 1.0, 0.5, 0.0)
-    pixels = _denormalize(aug(images, [(6, 7)] * n, generator=_gen(10)))
-    assert float(pixels.max()) <= 255.0 + 1e-3
-    torch.testing.assert_close(pixels[:, :1].expand_as(pixels), pixels, atol=1e-3, rtol=0)
-    darkened = (pixels[:, 0, 0, 0] < 254.0).sum().item()
-    assert 0 < darkened < n  # brightness factor ~ U[0.5, 1.5]: about half below 1
-
-
-def test_zero_strength_jitter_round_trips():
-    sizes = [(10, 12), (7, 12)]
-    images = _padded_batch(sizes, 10, 12)
-    out = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 1.0, 0.0, 0.0)(images, sizes)
-    torch.testing.assert_close(out, images, atol=1e-4, rtol=0)
-
-
-def test_blur_does_not_pull_in_padding():
-    sizes = [(16, 20), (9, 13)]
-    images = torch.full((2, 3, 16, 20), SENTINEL)
-    for i, (h, w) in enumerate(sizes):
-        images[i, :, :h, :w] = 0.7
-    out = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 0.0, 0.2, 1.0)(images, sizes, generator=_gen(11))
-    for i, (h, w) in enumerate(sizes):
-        torch.testing.assert_close(out[i, :, :h, :w], torch.full((3, h, w), 0.7))
-    assert bool((_padding(out, sizes) == SENTINEL).all())
-
-
-def test_blur_smooths():
-    n = 16
-    images = torch.randn(n, 3, 32, 32, generator=_gen(12))
-    out = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 0.0, 0.2, 1.0)(images, [(32, 32)] * n, _gen(13))
-
-    def roughness(x):
-        return (x[..., 1:] - x[..., :-1]).abs().mean(dim=(1, 2, 3))
-
-    # sigma ~ U[0.15, 1.15]: near 0.15 the blur is all but the identity, above ~0.5
-    # it clearly smooths; it never roughens and (normalized kernel) keeps the mean.
-    ratio = roughness(out) / roughness(images)
-    assert bool((ratio <= 1.0 + 1e-6).all())
-    assert int((ratio < 0.8).sum()) >= n // 2
-    torch.testing.assert_close(
-        out.mean(dim=(1, 2, 3)), images.mean(dim=(1, 2, 3)), atol=0.05, rtol=0
-    )
-
-
-@pytest.mark.parametrize("which", ["jitter", "blur"])
-def test_on_off_is_drawn_per_image_and_per_call(which):
-    p, n, calls = 0.3, 8, 150
-    kwargs = (
-        dict(color_jitter_prob=p, blur_prob=0.0)
-        if which == "jitter"
-        else dict(color_jitter_prob=0.0, blur_prob=p)
-    )
-    aug = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, color_jitter_strength=0.5, **kwargs)
-    sizes = [(12, 12)] * n
-    images = _padded_batch(sizes, 12, 12)
-    g = _gen(14)
-    changed = torch.stack(
-        [(aug(images, sizes, g) - images).abs().amax(dim=(1, 2, 3)) > 1e-4 for _ in range(calls)]
-    )  # (calls, images)
-    freq = changed.float().mean(dim=0)
-    assert bool(((freq - p).abs() < _binomial_bound(p, calls)).all()), freq
-    # Not one draw shared by the batch: images disagree within a call, often.
-    mixed_calls = (changed.any(dim=1) & ~changed.all(dim=1)).float().mean().item()
-    assert mixed_calls > 0.5
-    # Not one draw per run either: each image is on in some calls and off in others.
-    assert bool((changed.any(dim=0) & ~changed.all(dim=0)).all())
-
-
-def test_augmentation_generator_is_reproducible():
-    sizes = [(16, 16)] * 4
-    images = _padded_batch(sizes, 16, 16)
-    aug = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 0.5, 0.2, 0.5)
-    assert torch.equal(aug(images, sizes, _gen(15)), aug(images, sizes, _gen(15)))
-
-
-def test_jitter_rgb_factors():
-    rgb = torch.rand(2, 3, 5, 6, generator=_gen(16)) * 0.5
-    valid = torch.ones(2, 1, 5, 6, dtype=torch.bool)
-    one, zero = torch.ones(2), torch.zeros(2)
-    torch.testing.assert_close(jitter_rgb(rgb, one, one, one, zero, valid), rgb)
-    half = torch.tensor([0.5, 2.0])
-    torch.testing.assert_close(
-        jitter_rgb(rgb, half, one, one, zero, valid), rgb * half.view(2, 1, 1, 1)
-    )
-    # Contrast 0 gives the image's mean gray everywhere; saturation 0 gives gray pixels.
-    flat = jitter_rgb(rgb, one, zero, one, zero, valid)
-    assert float(flat.std(dim=(1, 2, 3)).max()) < 1e-6
-    gray = jitter_rgb(rgb, one, one, zero, zero, valid)
-    torch.testing.assert_close(gray[:, :1].expand_as(gray), gray)
-
-
-def test_jitter_rgb_hue_rotates_primaries():
-    red = torch.zeros(1, 3, 2, 2)
-    red[:, 0] = 1.0
-    valid = torch.ones(1, 1, 2, 2, dtype=torch.bool)
-    one = torch.ones(1)
-    green = jitter_rgb(red, one, one, one, torch.tensor([1 / 3]), valid)
-    blue = jitter_rgb(red, one, one, one, torch.tensor([-1 / 3]), valid)
-    torch.testing.assert_close(green, red.roll(1, dims=1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(blue, red.roll(2, dims=1), atol=1e-5, rtol=0)
-
-
-def test_gaussian_kernels_cover_three_sigma():
-    sigma = torch.tensor([0.15, 0.4, 1.0, 1.15])
-    kernels = gaussian_kernels(sigma)
-    torch.testing.assert_close(kernels.sum(dim=1), torch.ones(4))
-    torch.testing.assert_close(kernels, kernels.flip(1))
-    support = (kernels > 0).sum(dim=1)
-    expected = 2 * torch.ceil(3 * sigma) + 1
-    assert support.tolist() == expected.long().tolist()
-    assert bool((support % 2 == 1).all())
-
-
-def test_mask_augmentation_from_config():
-    cfg = add_mic_config(get_cfg())
-    cfg.MIC.MASK_AUG.COLOR_JITTER_PROB, cfg.MIC.MASK_AUG.BLUR_PROB = 0.3, 0.1
-    aug = MaskAugmentation.from_config(cfg)
-    assert (aug.color_jitter_prob, aug.blur_prob, aug.input_format) == (0.3, 0.1, "BGR")

@@ -20,7 +20,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..data.build import target_batch_size
-from ..masking import BlockMaskGenerator, MaskAugmentation, apply_block_mask, mask_ratio_drawn
+from ..augment import MaskAugmentation
+from ..masking import BlockMaskGenerator, apply_block_mask, mask_ratio_drawn
 from ..modeling.quality_weight import attach_image_quality
 from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
 from ..teacher import EMATeacher, unwrap_model
