@@ -83,28 +83,51 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC.MASK_AUG.BLUR_PROB = 0.5
 
     # --------------------------------------------------- base UDA (SADA / DA-Faster)
+    # Defaults are the reference (sa-da-faster's da_heads.py, as MIC uses it).
+    # Two kinds of weight, per discriminator:
+    #   LOSS_WEIGHT scales the discriminator's own loss, i.e. how fast the
+    #     discriminator itself learns (1.0 in the reference: its full BCE);
+    #   GRL_WEIGHT scales only the reversed gradient that the discriminator
+    #     sends back into the features: the backbone / box head receive
+    #     -GRL_WEIGHT x LOSS_WEIGHT x the discriminator's input gradient.
     _C.UDA = CN()
     # Master switch; the pieces below only act when it is on.
     _C.UDA.ENABLED = False
-    # Image-level domain discriminator on every backbone feature map.
+    # Image-level domain discriminator: one head per backbone feature map.
     _C.UDA.IMG_DA = CN()
     _C.UDA.IMG_DA.ENABLED = True
-    _C.UDA.IMG_DA.LOSS_WEIGHT = 0.025
-    # Gradient-reversal factor in front of the image discriminator.
-    _C.UDA.IMG_DA.GRL_WEIGHT = 1.0
-    # Instance-level domain discriminator on RoI box-head features.
+    # Backbone maps with a head ([] = every backbone output: P2-P6 with FPN, as the reference).
+    _C.UDA.IMG_DA.IN_FEATURES = []
+    # Scales the image discriminator's own BCE (its learning).
+    _C.UDA.IMG_DA.LOSS_WEIGHT = 1.0
+    # Scales only the reversed gradient into the features (backbone gets -0.025 x).
+    _C.UDA.IMG_DA.GRL_WEIGHT = 0.025
+    # Hidden width of the 1x1-conv head (C -> HIDDEN_DIM -> 1).
+    _C.UDA.IMG_DA.HIDDEN_DIM = 512
+    # Instance-level domain discriminator on RoI box-head features, one MLP per RoI level.
     _C.UDA.INS_DA = CN()
     _C.UDA.INS_DA.ENABLED = True
-    _C.UDA.INS_DA.LOSS_WEIGHT = 0.1
-    _C.UDA.INS_DA.GRL_WEIGHT = 1.0
-    # Hidden width of the instance discriminator MLP.
-    _C.UDA.INS_DA.HIDDEN_DIM = 256
+    # Scales the instance discriminator's own BCE (its learning).
+    _C.UDA.INS_DA.LOSS_WEIGHT = 1.0
+    # Scales only the reversed gradient into the box features (box head gets -0.1 x).
+    _C.UDA.INS_DA.GRL_WEIGHT = 0.1
+    # Hidden width of the instance discriminator MLP (D -> HIDDEN_DIM -> HIDDEN_DIM -> 1).
+    _C.UDA.INS_DA.HIDDEN_DIM = 1024
+    # True reproduces the reference code exactly: its instance head returns after
+    # its first level, so only RoIs of the finest level are scored (the rest get
+    # logit 0, no gradient). False: every RoI reaches its level's head.
+    _C.UDA.INS_DA.FINEST_LEVEL_ONLY = False
     # RoIs per target image fed to the instance discriminator (top RPN proposals).
     _C.UDA.INS_DA.TARGET_ROIS_PER_IMAGE = 64
-    # Consistency between image-level and instance-level domain predictions.
+    # Consistency: L1 between each RoI's instance-level domain probability and
+    # the image-level probability map pooled over the RoI.
     _C.UDA.CONSISTENCY = CN()
     _C.UDA.CONSISTENCY.ENABLED = True
-    _C.UDA.CONSISTENCY.LOSS_WEIGHT = 0.1
+    # Scales the consistency loss itself (what the discriminator heads learn from it).
+    _C.UDA.CONSISTENCY.LOSS_WEIGHT = 1.0
+    # Positive (not reversed): the features receive +GRL_WEIGHT x the branch's own
+    # GRL_WEIGHT of the consistency gradient (0.1 x 0.025 image, 0.1 x 0.1 instance).
+    _C.UDA.CONSISTENCY.GRL_WEIGHT = 0.1
 
     # -------------------------------------------------------------- evaluation
     # Which weights `--eval-only` and evaluation hooks evaluate: "student", "teacher" or "both".

@@ -1,11 +1,19 @@
 """Every shipped YAML merges into a config, and the reference schedule is what it claims."""
 import glob
+import importlib.util
 import os
+import shlex
 
 import pytest
+import torch
 from detectron2.config import get_cfg
+from detectron2.data import build as d2_data_build
+from detectron2.engine import DefaultTrainer
+from detectron2.solver import build_optimizer
+from torch.utils.data import SequentialSampler
 
 from mic_det import add_mic_config
+from mic_det.data.build import target_batch_size
 
 from .conftest import REPO
 
@@ -45,9 +53,15 @@ def test_configs_found():
 def test_cityscapes_foggy_reference_schedule():
     cfg = _load(os.path.join(REPO, "configs/cityscapes_foggy/mic_sada_R50_FPN.yaml"))
     assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 8
-    assert cfg.SOLVER.IMS_PER_BATCH == 1 and cfg.DATALOADER.TARGET_IMS_PER_BATCH == 1
+    # 1 source + 1 target image per step, on one GPU (the schedule is stated for one).
+    assert cfg.SOLVER.IMS_PER_BATCH == 1 and target_batch_size(cfg) == 1 and cfg.SOLVER.REFERENCE_WORLD_SIZE == 1
     assert cfg.SOLVER.BASE_LR == 0.0025 and cfg.SOLVER.MAX_ITER == 60000
     assert tuple(cfg.SOLVER.STEPS) == (30000, 40000)
+    # The reference solver (maskrcnn-benchmark's defaults): biases lr x2 and no
+    # weight decay, linear warmup from 1/3 over 500 iterations.
+    s = cfg.SOLVER
+    assert (s.MOMENTUM, s.WEIGHT_DECAY, s.BIAS_LR_FACTOR, s.WEIGHT_DECAY_BIAS) == (0.9, 0.0001, 2.0, 0.0)
+    assert (s.WARMUP_METHOD, s.WARMUP_ITERS) == ("linear", 500) and s.WARMUP_FACTOR == pytest.approx(1 / 3)
     assert cfg.INPUT.MIN_SIZE_TRAIN == (800,) and cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 256
     m = cfg.MIC
     assert (m.ENABLED, m.MASK_BLOCK_SIZE, m.MASK_RATIO, m.EMA_ALPHA, m.PSEUDO_SCORE_THRESH, m.LOSS_WEIGHT) == (
@@ -55,5 +69,52 @@ def test_cityscapes_foggy_reference_schedule():
     )
     assert m.PSEUDO_BOX_REG_WEIGHT == 0.0 and m.BURN_IN_ITERS == 0
     u = cfg.UDA
-    assert u.ENABLED and (u.IMG_DA.LOSS_WEIGHT, u.INS_DA.LOSS_WEIGHT, u.CONSISTENCY.LOSS_WEIGHT) == (0.025, 0.1, 0.1)
+    assert u.ENABLED and u.IMG_DA.IN_FEATURES == [] and not u.INS_DA.FINEST_LEVEL_ONLY
+    # Discriminators learn from their full losses; 0.025 / 0.1 scale only the reversed gradient.
+    assert (u.IMG_DA.LOSS_WEIGHT, u.INS_DA.LOSS_WEIGHT, u.CONSISTENCY.LOSS_WEIGHT) == (1.0, 1.0, 1.0)
+    assert (u.IMG_DA.GRL_WEIGHT, u.INS_DA.GRL_WEIGHT, u.CONSISTENCY.GRL_WEIGHT) == (0.025, 0.1, 0.1)
+    assert (u.IMG_DA.HIDDEN_DIM, u.INS_DA.HIDDEN_DIM) == (512, 1024)
     assert cfg.DATASETS.TRAIN == ("cityscapes_train",) and cfg.DATASETS.TEST == ("cityscapes_foggy_val_0.02",)
+
+
+def test_cityscapes_optimizer_doubles_the_bias_lr_without_weight_decay():
+    cfg = _load(os.path.join(REPO, "configs/cityscapes_foggy/mic_sada_R50_FPN.yaml"))
+    groups = build_optimizer(cfg, torch.nn.Linear(2, 2)).param_groups
+    by_size = {tuple(g["params"][0].shape): g for g in groups}
+    assert (by_size[(2, 2)]["lr"], by_size[(2, 2)]["weight_decay"]) == (0.0025, 0.0001)
+    assert (by_size[(2,)]["lr"], by_size[(2,)]["weight_decay"]) == (0.005, 0.0)
+
+
+def _readme_multi_gpu_command():
+    with open(os.path.join(REPO, "README.md")) as f:
+        lines = [line for line in f if line.startswith("python tools/train_net.py") and "--num-gpus" in line]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])[2:]
+
+
+def test_readme_multi_gpu_command_passes_detectron2_batch_checks(monkeypatch):
+    """The README's --num-gpus command, configured as train_net does, splits both batches over the workers.
+
+    Detectron2's loader asserts that the total batch divides by the world size;
+    the check is run here with the world size patched, without 8 processes.
+    """
+    spec = importlib.util.spec_from_file_location("train_net_tool", os.path.join(REPO, "tools", "train_net.py"))
+    train_net = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_net)
+    args = train_net.build_parser().parse_args(_readme_multi_gpu_command())
+    workers = args.num_gpus * args.num_machines
+    assert workers == 8
+    cfg = _load(os.path.join(REPO, args.config_file))
+    cfg.merge_from_list(args.opts)
+    cfg = DefaultTrainer.auto_scale_workers(cfg, workers)  # as MICTrainer.__init__ does
+    # The reference's per-GPU step (1 source + 1 target image) with the linear scaling rule.
+    assert cfg.SOLVER.IMS_PER_BATCH == 8 and target_batch_size(cfg) == 8
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.0025 * 8) and cfg.SOLVER.MAX_ITER == 60000 // 8
+    assert tuple(cfg.SOLVER.STEPS) == (30000 // 8, 40000 // 8)
+
+    monkeypatch.setattr(d2_data_build, "get_world_size", lambda: workers)
+    for total in (cfg.SOLVER.IMS_PER_BATCH, target_batch_size(cfg)):
+        loader = d2_data_build.build_batch_data_loader(list(range(16)), SequentialSampler(range(16)), total)
+        assert loader.batch_size == 1
+    with pytest.raises(AssertionError, match="divisible"):  # the check itself is live: 1 image over 8 fails
+        d2_data_build.build_batch_data_loader(list(range(16)), SequentialSampler(range(16)), 1)

@@ -59,11 +59,11 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
             self.roi_heads.keep_box_features = False
             self.roi_heads.last_box_features = None
 
-        target_box_features, target_counts = self._target_rois(target_images, target_features)
+        target_box_features, target_boxes = self._target_rois(target_images, target_features)
         da_losses = self.domain_alignment(
             {"source": features, "target": target_features},
             {"source": source_box_features, "target": target_box_features},
-            {"source": [len(p) for p in sampled], "target": target_counts},
+            {"source": [p.proposal_boxes for p in sampled], "target": target_boxes},
         )
         losses = {}
         losses.update(detector_losses)
@@ -86,7 +86,7 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
         return {k: v[:n] for k, v in both.items()}, {k: v[n:] for k, v in both.items()}
 
     def _target_rois(self, images: ImageList, features: Dict[str, torch.Tensor]):
-        """Box-head features of the target batch's top RPN proposals, and their count per image."""
+        """Box-head features of the target batch's top RPN proposals, and those boxes per image."""
         rpn = self.proposal_generator
         # The RPN in eval mode proposes without needing (or logging) ground truth;
         # it has no train-only layers, so only its top-k setting changes.
@@ -97,4 +97,4 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
             rpn.train(True)
         boxes = [Boxes(p.proposal_boxes.tensor[: self.target_rois_per_image].detach()) for p in proposals]
         box_features = self.roi_heads.box_features_for(features, boxes)
-        return box_features, [len(b) for b in boxes]
+        return box_features, boxes
