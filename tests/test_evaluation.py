@@ -225,6 +225,26 @@ def test_voc_ap_hand_computed():
     assert mean_ap(per_class) == pytest.approx(per_class[0])  # NaN left out
 
 
+def test_voc_ap_is_detectron2s_on_a_hand_made_curve():
+    """mic_det's voc_ap is Detectron2's (the devkit's formula), all-point and 11-point."""
+    from detectron2.evaluation.pascal_voc_evaluation import voc_ap as detectron2_voc_ap
+
+    # 4 positives; ranked TP, TP, FP, FP, TP, FP, TP: precision dips and recovers,
+    # so the envelope (best precision to the right) differs from the raw curve.
+    hits = np.array([1, 1, 0, 0, 1, 0, 1], dtype=np.float64)
+    tp = np.cumsum(hits)
+    recall = tp / 4
+    precision = tp / np.arange(1, len(hits) + 1)
+    # Envelope at the four recall steps 1/4, 2/4, 3/4, 4/4: 1, 1, 3/5, 4/7.
+    hand = (1 + 1 + 3 / 5 + 4 / 7) / 4
+    assert voc_ap(recall, precision) == pytest.approx(hand)
+    assert voc_ap(recall, precision) == pytest.approx(float(detectron2_voc_ap(recall, precision)))
+    assert voc_ap(list(recall), list(precision), eleven_point=True) == pytest.approx(
+        float(detectron2_voc_ap(recall, precision, use_07_metric=True))
+    )
+    assert isinstance(voc_ap(recall, precision), float)
+
+
 def test_voc_in_evaluator_matches_hand_computation(dataset, tmp_path):
     name, _ = dataset
     res = _run(DomainDetectionEvaluator(name, distributed=False, output_dir=str(tmp_path / "o")))

@@ -38,6 +38,7 @@ percent like every other Detectron2 metric.
 from typing import Any, Dict, Hashable, Mapping, Tuple
 
 import numpy as np
+from detectron2.evaluation.pascal_voc_evaluation import voc_ap as _detectron2_voc_ap
 
 __all__ = ["voc_ap", "voc_ap50_per_class", "mean_ap"]
 
@@ -47,10 +48,11 @@ PRCurve = Tuple[np.ndarray, np.ndarray]
 def voc_ap(recall: np.ndarray, precision: np.ndarray, *, eleven_point: bool = False) -> float:
     """Area under the precision envelope, all-point interpolation (VOC2010+).
 
-    ``recall`` and ``precision`` are the cumulative values along the ranked
-    detections (recall non-decreasing). Precision is first replaced by its
-    running maximum from the right (the best precision at any recall at least
-    as high), then summed over every recall step.
+    Detectron2's :func:`detectron2.evaluation.pascal_voc_evaluation.voc_ap`
+    (the devkit's formula, as py-faster-rcnn ships it), with arrays of any
+    sequence type and a Python float back. ``recall`` and ``precision`` are the
+    cumulative values along the ranked detections (recall non-decreasing);
+    empty curves give 0.
 
     ``eleven_point=True`` gives VOC2007's metric instead (mean of the best
     precision at recall >= 0, 0.1, ..., 1), which py-faster-rcnn-derived code
@@ -58,19 +60,7 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, *, eleven_point: bool = Fa
     """
     recall = np.asarray(recall, dtype=np.float64)
     precision = np.asarray(precision, dtype=np.float64)
-    if recall.size == 0:
-        return 0.0
-    if eleven_point:
-        best = [
-            precision[recall >= t].max() if (recall >= t).any() else 0.0
-            for t in np.linspace(0, 1, 11)
-        ]
-        return float(np.mean(best))
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
-    steps = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
+    return float(_detectron2_voc_ap(recall, precision, use_07_metric=eleven_point))
 
 
 def mean_ap(per_class: Mapping[Any, float]) -> float:
