@@ -44,7 +44,7 @@ data: $(STAMP)
 	$(PY) tools/make_synthetic.py
 
 demo: $(STAMP)
-	$(PY) tools/demo.py $(DEMO_ARGS)
+	$(PY) benchmarks/adaptation.py --demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -1,687 +1,410 @@
 #!/usr/bin/env python
-"""Adaptation accuracy on the built-in clear -> foggy pair, under one fixed CPU budget.
+"""Does adaptation help? Every method fine-tunes the same trained source model, next to a matched control.
 
-What it measures
-----------------
-For each seed, six detectors are trained with ``tools/train_net.py`` and
-evaluated once, at their last iteration, on the foggy target val set (the
-number that matters) and on the clear source val set (what adaptation must not
-break):
+Protocol
+--------
+Per seed, one source-only model is trained once with the shift's
+``source_only.yaml`` for ``--source-iters`` steps (lr x0.1 at 75% of them) and
+cached under ``--cache-dir``, keyed by everything that determines it (config,
+overrides, seed, steps, the built-in set's parameters), so every method, both
+shifts and later benchmark runs reuse it. Then each method runs the same
+``--adapt-iters`` steps *from that checkpoint* (weights, optimizer, schedule:
+``tools/train_net.py --resume``), at the schedule's lower lr:
 
-==================  ==========================================================
-source_only         labelled clear images only (the baseline)
-mic                 MIC, ``configs/synthetic/mic.yaml`` (teacher-score weight)
-mic_student_prob    MIC with ``MIC.QUALITY_WEIGHT student_prob`` (reference code)
-mic_sada            MIC on top of SADA alignment (the paper's detection setting)
-sada                SADA alignment alone
-oracle              labelled *foggy* images (the upper bound; not a UDA setting)
-==================  ==========================================================
+====================  ===========================================================
+control               source-only training continued (the matched control)
+mic                   the shift's default ``mic.yaml`` (MIC starts at the checkpoint)
+mic_sada              ``mic_sada.yaml``: MIC on SADA alignment
+sada                  ``sada.yaml``: SADA alone
+oracle                fine-tuning on the *labelled* target (upper bound, not UDA)
+minimal_mic           ``benchmarks/minimal_mic.py``: a ~100-line plain-Detectron2
+                      MIC loop (no mic_det heads), the sanity row mic must match
+====================  ===========================================================
 
-Reported per method: target AP50 and AP as mean +- sample std over seeds
-(student, and the EMA teacher for MIC methods), source AP50, per-class target
-AP50, AP50 as a fraction of the oracle's, the difference to source-only in
-units of the pooled std (and whether it exceeds 3), and for MIC methods the
-pseudo-label precision / recall against the target-train labels, first and
-last logged value (a measurement only; the labels never reach a loss).
-
-Why the adaptation runs share a burn-in
----------------------------------------
-A detector trained from scratch gives no box above the pseudo-label threshold
-at first, so MIC and SADA start from the source-only run's checkpoint at
-``--burn-in``: the checkpoint (weights, optimizer, iteration, lr schedule) is
-copied into the run's OUTPUT_DIR and the run continues with ``--resume`` (as
-``tools/demo.py`` does). Every method therefore sees the same first
-``--burn-in`` steps, the same lr schedule and the same total number of steps,
-and the difference to source-only is the adaptation alone. The oracle trains
-from scratch for the same number of steps.
-
-No model selection on the target
---------------------------------
-Every run is evaluated once, at its final iteration (``TEST.EVAL_PERIOD`` =
-``--iters``), and the best-checkpoint hook is off. No choice (checkpoint,
-threshold, method setting) looks at ``synthetic_foggy_val``; it is a test set.
+So a method's gain is "what its K steps add over K more source steps", paired
+per seed (same source model), and the report gives it with its paired std.
+Nothing is selected on target val: every run is evaluated once, at its end.
 
 Commands
 --------
-    make bench-accuracy                                     # full: 800 iters, burn-in 550, seeds 0,1,2
-    make bench-accuracy BENCH_ARGS=--quick                  # 600 / 400, seed 0, source_only,mic,oracle
-    make bench-accuracy BENCH_ARGS=--long                   # 3000 / 2000, seed 0, source_only,mic (~35 min)
-    python benchmarks/adaptation.py --seeds 0 --methods source_only,mic,oracle \\
-        --iters 900 --burn-in 600 INPUT.MIN_SIZE_TRAIN "(192,)"   # trailing overrides reach every run
+    make bench-accuracy                            # 3 seeds, fog: control, mic, mic_sada, sada, oracle
+    make bench-accuracy BENCH_ARGS=--quick         # 1 seed, fog: control, mic, oracle
+    python benchmarks/adaptation.py --shift night --seeds 0,1,2 --methods control,mic
+    python benchmarks/adaptation.py --quick --jobs 2 INPUT.MIN_SIZE_TRAIN "(192,)"   # overrides reach every run
 
-A run whose metrics.json already holds its final evaluation is skipped, so an
-interrupted benchmark continues where it stopped; a run interrupted half-way
-resumes from its last checkpoint. Each run's command is kept in
-``<out-dir>/<seed>/<method>/bench_run.json``; re-running with a different
-budget into the same ``--out-dir`` is refused rather than mixed.
+Finished runs are skipped and interrupted ones resume from their last
+checkpoint, so re-running a command continues it.
 """
 import argparse
+import hashlib
 import json
-import math
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_report import class_table, main_table, pseudo_table, time_table, to_json, verdict_lines  # noqa: E402
+from bench_stats import mean_std, summarize, verdicts  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGET_VAL, SOURCE_VAL = "synthetic_foggy_val", "synthetic_clear_val"
-# Keys the benchmark sets itself: an override of one would silently change the budget.
-RESERVED_KEYS = {
-    "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD",
-    "DATASETS.TEST", "SEED", "OUTPUT_DIR", "MIC.BURN_IN_ITERS", "MIC.LOG_PSEUDO_LABEL_QUALITY",
+SOURCE_VAL = "synthetic_clear_val"
+# The built-in shifts: config folder and target val set.
+SHIFTS = {
+    "fog": ("configs/synthetic", "synthetic_foggy_val"),
+    "night": ("configs/synthetic_night", "synthetic_night_val"),
 }
-SIGNIFICANCE = 3.0  # a difference counts when it exceeds this many pooled stds
+RESERVED_KEYS = {
+    "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "DATASETS.TEST", "SEED",
+    "OUTPUT_DIR", "MIC.BURN_IN_ITERS", "UDA.START_ITER", "MODEL.WEIGHTS",
+}
+METRICS = ("target_AP50", "target_AP", "source_AP50", "source_AP")
+KEY_METRIC = "target_AP50"
 
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the benchmark: a config, extra keys, and how it starts."""
-
     label: str
-    config: str
-    resumes_burn_in: bool  # starts from source-only's burn-in checkpoint
-    mic: bool  # has an EMA teacher and pseudo-labels
-    opts: Tuple[str, ...] = ()
+    config: str  # file name inside the shift's config folder
+    mic: bool = False  # has a teacher and pseudo-labels
 
 
 METHODS: Dict[str, Method] = {
-    "source_only": Method("source-only", "configs/synthetic/source_only.yaml", False, False),
-    "mic": Method("MIC", "configs/synthetic/mic.yaml", True, True),
-    "mic_student_prob": Method(
-        "MIC (student_prob)", "configs/synthetic/mic.yaml", True, True, ("MIC.QUALITY_WEIGHT", "student_prob")
-    ),
-    "mic_sada": Method("MIC+SADA", "configs/synthetic/mic_sada.yaml", True, True),
-    "sada": Method("SADA", "configs/synthetic/sada.yaml", True, False),
-    "oracle": Method("oracle", "configs/synthetic/oracle.yaml", False, False),
+    "control": Method("control (source-only continued)", "source_only.yaml"),
+    "mic": Method("MIC", "mic.yaml", mic=True),
+    "mic_sada": Method("MIC+SADA", "mic_sada.yaml", mic=True),
+    "sada": Method("SADA", "sada.yaml"),
+    "oracle": Method("oracle (target labels)", "oracle.yaml"),
+    "minimal_mic": Method("minimal MIC loop (sanity)", "mic.yaml", mic=True),
 }
-# Sized from the step times of benchmarks/speed.py on 2 cores (source-only 0.38 s,
-# MIC 0.84 s, MIC+SADA 1.04 s, SADA ~0.6 s per step) plus ~25 s per evaluation:
-# about 27 minutes per seed for the six methods, 81 for three seeds (limit 90).
-FULL = dict(iters=800, burn_in=550, seeds="0,1,2", methods=",".join(METHODS))
-QUICK = dict(iters=600, burn_in=400, seeds="0", methods="source_only,mic,oracle")
-# The design note's MIC schedule (2000 source steps, then 1000 with MIC), one seed, ~35 minutes:
-# what MIC does once the teacher is trained, outside the 90-minute budget of FULL.
-LONG = dict(iters=3000, burn_in=2000, seeds="0", methods="source_only,mic")
+LABELS = {k: m.label for k, m in METHODS.items()}
+FULL = dict(seeds="0,1,2", methods="control,mic,mic_sada,sada,oracle")
+QUICK = dict(seeds="0", methods="control,mic,oracle")
+# `make demo`: one seed of the main comparison, both runs at once.
+DEMO = dict(seeds="0", methods="control,mic")
 
 
 @dataclass
 class Budget:
-    """The fixed training budget every method gets."""
-
-    iters: int
-    burn_in: int
+    shift: str
+    source_iters: int
+    adapt_iters: int
     seeds: List[int]
     methods: List[str]
-    overrides: List[str] = field(default_factory=list)
+    overrides: List[str]
+
+    @property
+    def total(self) -> int:
+        return self.source_iters + self.adapt_iters
 
     @property
     def lr_step(self) -> int:
-        return int(0.85 * self.iters)
+        """The source schedule ends (lr x0.1) at 75% of its steps, before adaptation starts."""
+        return int(0.75 * self.source_iters)
 
     @property
     def checkpoint(self) -> str:
-        """File name of the source-only checkpoint taken after ``burn_in`` steps."""
-        return f"model_{self.burn_in - 1:07d}.pth"
+        return f"model_{self.source_iters - 1:07d}.pth"
+
+    def config(self, method: str) -> str:
+        return os.path.join(SHIFTS[self.shift][0], METHODS[method].config)
+
+    @property
+    def target_val(self) -> str:
+        return SHIFTS[self.shift][1]
 
 
-# --------------------------------------------------------------------------- arguments
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Budget]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"small budget: {QUICK['iters']} iters, burn-in {QUICK['burn_in']}, "
-                             f"seeds {QUICK['seeds']}, methods {QUICK['methods']}")
-    parser.add_argument("--long", action="store_true",
-                        help=f"the design note's schedule: {LONG['iters']} iters, burn-in {LONG['burn_in']}, "
-                             f"seeds {LONG['seeds']}, methods {LONG['methods']}")
-    parser.add_argument("--iters", type=int, help=f"training steps of every run (default {FULL['iters']})")
-    parser.add_argument("--burn-in", type=int, help=f"shared source-only steps (default {FULL['burn_in']})")
-    parser.add_argument("--seeds", help=f"comma-separated SEED values (default {FULL['seeds']})")
-    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    parser.add_argument("--out-dir", default="output/bench_adaptation", help="runs go to <out-dir>/<seed>/<method>")
-    parser.add_argument("--output", default="benchmarks/results/adaptation.json", help="the JSON report")
-    args, overrides = parser.parse_known_args(argv)
-
-    if args.quick and args.long:
-        parser.error("--quick and --long are two different presets; give one")
-    preset = QUICK if args.quick else LONG if args.long else FULL
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"seeds {QUICK['seeds']}, methods {QUICK['methods']}")
+    p.add_argument("--demo", action="store_true",
+                   help=f"what `make demo` runs: seeds {DEMO['seeds']}, methods {DEMO['methods']}, --jobs 2, "
+                        "next to the benchmark's recorded spread over seeds")
+    p.add_argument("--shift", choices=sorted(SHIFTS), default="fog", help="the built-in domain shift")
+    p.add_argument("--source-iters", type=int, default=2000, help="steps of the shared source model")
+    p.add_argument("--adapt-iters", type=int, default=1000, help="steps every method runs from it")
+    p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
+    p.add_argument("--methods", help=f"subset of {','.join(METHODS)} (default {FULL['methods']})")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
+    p.add_argument("--cache-dir", default="output/bench_cache", help="shared source models")
+    p.add_argument("--out-dir", default=None, help="runs (default output/bench_adaptation/<shift>)")
+    p.add_argument("--output", default=None, help="JSON report (default benchmarks/results/adaptation_<shift>.json)")
+    args, overrides = p.parse_known_args(argv)
+    preset = DEMO if args.demo else QUICK if args.quick else FULL
+    if args.demo:
+        args.jobs = max(args.jobs, 2)
+        args.out_dir = args.out_dir or "output/demo"
+        args.output = args.output or "output/demo/demo_results.json"
     budget = Budget(
-        iters=args.iters if args.iters is not None else preset["iters"],
-        burn_in=args.burn_in if args.burn_in is not None else preset["burn_in"],
+        shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
         methods=[m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()],
         overrides=overrides,
     )
-    check_budget(parser, budget)
-    args.out_dir, args.output = os.path.abspath(args.out_dir), os.path.abspath(args.output)
+    unknown = [m for m in budget.methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    if "control" not in budget.methods:
+        budget.methods.insert(0, "control")  # every gain is measured against it
+    if budget.source_iters < 4 or budget.adapt_iters < 1 or not budget.seeds:
+        p.error("--source-iters must be >= 4, --adapt-iters >= 1, --seeds non-empty")
+    if len(overrides) % 2:
+        p.error(f"trailing config overrides must be KEY VALUE pairs, got {overrides}")
+    taken = sorted(set(overrides[::2]) & RESERVED_KEYS)
+    if taken:
+        p.error(f"{taken} are set by the benchmark itself")
+    args.out_dir = os.path.abspath(args.out_dir or f"output/bench_adaptation/{args.shift}")
+    args.output = os.path.abspath(args.output or f"benchmarks/results/adaptation_{args.shift}.json")
+    args.cache_dir = os.path.abspath(args.cache_dir)
     return args, budget
 
 
-def check_budget(parser: argparse.ArgumentParser, budget: Budget) -> None:
-    """Refuse budgets and overrides that would make the comparison unfair or impossible."""
-    if not 0 < budget.burn_in < budget.iters:
-        parser.error("--burn-in must lie strictly between 0 and --iters")
-    if not budget.seeds:
-        parser.error("--seeds is empty")
-    unknown = [m for m in budget.methods if m not in METHODS]
-    if unknown:
-        parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    if any(METHODS[m].resumes_burn_in for m in budget.methods) and "source_only" not in budget.methods:
-        # The adaptation runs start from its checkpoint, so it is trained anyway: report it too.
-        budget.methods.insert(0, "source_only")
-    budget.methods.sort(key=list(METHODS).index)  # source-only first: the others resume from it
-    if len(budget.overrides) % 2:
-        parser.error(f"trailing config overrides must be KEY VALUE pairs, got {budget.overrides}")
-    taken = sorted(set(budget.overrides[::2]) & RESERVED_KEYS)
-    if taken:
-        parser.error(f"{taken} are set by the benchmark itself; use --iters/--burn-in/--seeds/--out-dir")
-
-
-# --------------------------------------------------------------------------- description
-def resolved_config(budget: Budget):
-    """source_only.yaml + the overrides, as every run will see them (the model and image size)."""
-    from detectron2.config import get_cfg
-
-    from mic_det import add_mic_config
-
-    cfg = get_cfg()
-    add_mic_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, METHODS["source_only"].config))
-    cfg.merge_from_list(list(budget.overrides))
-    return cfg
-
-
-def describe_budget(cfg, budget: Budget) -> Dict:
-    """The budget as numbers, and as one line per item for the top of the report."""
-    m = cfg.MODEL
-    model = (
-        f"{m.META_ARCHITECTURE}, ResNet-{m.RESNETS.DEPTH}-FPN ({m.RESNETS.NORM or 'no norm'}), "
-        f"FPN {m.FPN.OUT_CHANNELS} ch, box head FC {m.ROI_BOX_HEAD.FC_DIM}, "
-        f"{m.ROI_HEADS.BATCH_SIZE_PER_IMAGE} RoIs/img, RPN top-k {m.RPN.PRE_NMS_TOPK_TRAIN}/{m.RPN.POST_NMS_TOPK_TRAIN}, "
-        f"weights: {m.WEIGHTS or 'from scratch'}"
-    )
-    images = (
-        f"train min side {tuple(cfg.INPUT.MIN_SIZE_TRAIN)} (max {cfg.INPUT.MAX_SIZE_TRAIN}), "
-        f"test min side {cfg.INPUT.MIN_SIZE_TEST} (max {cfg.INPUT.MAX_SIZE_TEST}), "
-        f"{cfg.SOLVER.IMS_PER_BATCH} source images/step"
-    )
-    return {
-        "iters": budget.iters,
-        "burn_in": budget.burn_in,
-        "lr_steps": [budget.lr_step],
-        "base_lr": cfg.SOLVER.BASE_LR,
-        "seeds": budget.seeds,
-        "methods": budget.methods,
-        "model": model,
-        "image_size": images,
-        "overrides": budget.overrides,
-    }
-
-
-def machine_info() -> Dict:
-    """CPU model and cores, library versions: what the wall times and numbers depend on."""
-    import detectron2
-    import torch
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "detectron2": detectron2.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def dataset_root(cfg) -> str:
-    from mic_det.data.synthetic import default_synthetic_root
-
-    root = cfg.DATASETS.SYNTHETIC_ROOT or default_synthetic_root()
-    return root if os.path.isabs(root) else os.path.join(REPO, root)
-
-
-def ensure_dataset(cfg) -> Dict:
-    """Generate the default pair (a no-op when present); a user-given root must already exist.
-
-    A root passed with ``DATASETS.SYNTHETIC_ROOT`` may hold a pair made with
-    other parameters, which ``make_synthetic.py`` would refuse to overwrite, so
-    it is only checked, not generated.
-    """
-    root = dataset_root(cfg)
-    if not cfg.DATASETS.SYNTHETIC_ROOT:
-        subprocess.run([sys.executable, "tools/make_synthetic.py"], check=True, cwd=REPO)
-    info = os.path.join(root, "info.json")
-    if not os.path.isfile(info):
-        raise FileNotFoundError(f"no built-in pair at {root}: run tools/make_synthetic.py --root {root}")
-    with open(info) as f:
-        return {"root": root, **json.load(f)}
-
-
 # --------------------------------------------------------------------------- running
-def run_dir(out_dir: str, seed: int, method: str) -> str:
-    return os.path.join(out_dir, str(seed), method)
-
-
-def train_command(method: str, seed: int, out: str, budget: Budget) -> List[str]:
-    """The exact ``tools/train_net.py`` call of one run (without ``--resume``)."""
-    spec = METHODS[method]
-    opts = [
-        "OUTPUT_DIR", out,
-        "SEED", str(seed),
-        "SOLVER.MAX_ITER", str(budget.iters),
-        "SOLVER.STEPS", f"({budget.lr_step},)",
-        "SOLVER.CHECKPOINT_PERIOD", str(budget.burn_in),
-        "TEST.EVAL_PERIOD", str(budget.iters),
-        "DATASETS.TEST", f"('{TARGET_VAL}','{SOURCE_VAL}')",
-        # One evaluation, at the end: a best checkpoint would only be the final one.
-        "TEST.BEST_CHECKPOINT.ENABLED", "False",
-    ]
-    if spec.resumes_burn_in:
-        opts += ["MIC.BURN_IN_ITERS", str(budget.burn_in)]
-    if spec.mic:
-        opts += ["MIC.LOG_PSEUDO_LABEL_QUALITY", "True"]
-    opts += list(spec.opts) + list(budget.overrides)
-    return [sys.executable, "tools/train_net.py", "--config-file", spec.config] + opts
-
-
-def final_record(out: str, iters: int) -> Optional[Dict]:
-    """The run's evaluation at its last iteration from metrics.json, or None if it has none yet."""
-    path = os.path.join(out, "metrics.json")
-    if not os.path.isfile(path):
-        return None
-    found = None
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            # The final evaluation runs after the last step and is logged at iteration `iters`
-            # (iters - 1 if it ran inside the last step): an earlier one is not the final model.
-            if f"student/{TARGET_VAL}/bbox/AP50" in rec and rec.get("iteration", -1) >= iters - 1:
-                found = rec
-    return found
-
-
-def seed_from_burn_in(out: str, source_out: str, budget: Budget) -> None:
-    """Start an adaptation run from source-only's burn-in checkpoint, as tools/demo.py does."""
-    if os.path.exists(os.path.join(out, "last_checkpoint")):
-        return  # already seeded (an interrupted run resumes from its own last checkpoint)
-    src = os.path.join(source_out, budget.checkpoint)
-    if not os.path.isfile(src):
-        raise FileNotFoundError(f"{src} missing: source-only must checkpoint at the burn-in")
-    os.makedirs(out, exist_ok=True)
-    shutil.copy(src, os.path.join(out, budget.checkpoint))
-    with open(os.path.join(out, "last_checkpoint"), "w") as f:
-        f.write(budget.checkpoint)
-
-
-def check_same_command(out: str, cmd: List[str]) -> None:
-    """Refuse to continue a run directory that was started with another budget."""
-    path = os.path.join(out, "bench_run.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            old = json.load(f).get("command")
-        if old is not None and old[1:] != cmd[1:]:  # the interpreter's path may differ
-            raise SystemExit(
-                f"{out} was run with a different command:\n  {' '.join(old)}\nnow:\n  {' '.join(cmd)}\n"
-                "use another --out-dir (or delete it)"
-            )
-
-
-def run_one(method: str, seed: int, budget: Budget, out_dir: str) -> Dict:
-    """Train (or skip, or resume) one run; returns its command and wall time."""
-    out = run_dir(out_dir, seed, method)
-    cmd = train_command(method, seed, out, budget)
-    check_same_command(out, cmd)
-    record_path = os.path.join(out, "bench_run.json")
-    if final_record(out, budget.iters) is not None and os.path.isfile(record_path):
-        with open(record_path) as f:
-            info = json.load(f)
-        print(f"[seed {seed}] {method}: done before, skipped", flush=True)
-        return {**info, "skipped": True}
-
-    if METHODS[method].resumes_burn_in:
-        seed_from_burn_in(out, run_dir(out_dir, seed, "source_only"), budget)
-    resumed = os.path.exists(os.path.join(out, "last_checkpoint"))
-    os.makedirs(out, exist_ok=True)
-    with open(record_path, "w") as f:
-        json.dump({"command": cmd}, f)  # written first, so a later budget change is caught
-    full_cmd = cmd[:4] + (["--resume"] if resumed else []) + cmd[4:]  # after "--config-file FILE"
-    print(f"[seed {seed}] {method}: {' '.join(full_cmd)}", flush=True)
-    wall = execute(full_cmd, os.path.join(out, "stdout.txt"))
-    steps = budget.iters - budget.burn_in if METHODS[method].resumes_burn_in else budget.iters
-    info = {"command": cmd, "wall_seconds": wall, "steps_run": steps, "resumed": resumed}
-    with open(record_path, "w") as f:
-        json.dump(info, f, indent=2)
-    print(f"[seed {seed}] {method}: {wall:.0f} s", flush=True)
-    return {**info, "skipped": False}
-
-
-def execute(cmd: List[str], log_path: str) -> float:
-    """Run a command with its output in ``log_path``; show the log's tail if it fails."""
+def execute(cmd: List[str], log_path: str, threads: Optional[int]) -> float:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     with open(log_path, "a") as log:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
-        raise SystemExit(f"run failed ({proc.returncode}), log {log_path}:\n{tail}")
+        raise RuntimeError(f"run failed ({proc.returncode}), log {log_path}:\n{tail}")
     return time.perf_counter() - start
 
 
-# --------------------------------------------------------------------------- reading results
-def nan_to_none(x: Optional[float]) -> Optional[float]:
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+def dataset_info() -> Dict:
+    """The built-in set's parameters (generated on first use by the first run if missing)."""
+    from mic_det.data.synthetic import default_synthetic_root, read_domain_pair_info
+
+    root = default_synthetic_root()
+    root = root if os.path.isabs(root) else os.path.join(REPO, root)
+    return {"root": root, **(read_domain_pair_info(root) or {})}
 
 
+def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[int]) -> Dict:
+    """Train (or find) the seed's source model; returns its run dir and wall time."""
+    opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
+            "SOLVER.CHECKPOINT_PERIOD", str(budget.source_iters), "TEST.EVAL_PERIOD", "0",
+            "DATASETS.TEST", "()"] + budget.overrides
+    config = os.path.join("configs/synthetic", "source_only.yaml")  # the clear source, shared by every shift
+    key = hashlib.sha1(json.dumps([open(os.path.join(REPO, config)).read(), opts,
+                                   dataset_info().get("splits")]).encode()).hexdigest()[:12]
+    out = os.path.join(cache_dir, f"source_seed{seed}_{budget.source_iters}_{key}")
+    ckpt = os.path.join(out, budget.checkpoint)
+    if os.path.isfile(ckpt) and os.path.isfile(os.path.join(out, "model_final.pth")):
+        print(f"[seed {seed}] source model: cached at {out}", flush=True)
+        return {"dir": out, "wall_seconds": None, "cached": True, "steps_run": budget.source_iters}
+    resume = ["--resume"] if os.path.isfile(os.path.join(out, "last_checkpoint")) else []
+    os.makedirs(out, exist_ok=True)
+    cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
+    print(f"[seed {seed}] source model: {' '.join(cmd)}", flush=True)
+    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    return {"dir": out, "wall_seconds": wall, "cached": False, "steps_run": budget.source_iters}
+
+
+def adapt_command(method: str, seed: int, out: str, budget: Budget, source_dir: str) -> List[str]:
+    opts = [
+        "OUTPUT_DIR", out, "SEED", str(seed),
+        "SOLVER.MAX_ITER", str(budget.total), "SOLVER.STEPS", f"({budget.lr_step},)",
+        "SOLVER.CHECKPOINT_PERIOD", str(budget.adapt_iters), "TEST.EVAL_PERIOD", str(budget.total),
+        "DATASETS.TEST", f"('{budget.target_val}','{SOURCE_VAL}')", "TEST.BEST_CHECKPOINT.ENABLED", "False",
+        "MIC.BURN_IN_ITERS", str(budget.source_iters), "UDA.START_ITER", str(budget.source_iters),
+    ]
+    if METHODS[method].mic:
+        opts += ["MIC.LOG_PSEUDO_LABEL_QUALITY", "True"]
+    opts += budget.overrides
+    if method == "minimal_mic":
+        return [sys.executable, "benchmarks/minimal_mic.py", "--config-file", budget.config(method),
+                "--weights", os.path.join(source_dir, budget.checkpoint)] + opts
+    return [sys.executable, "tools/train_net.py", "--config-file", budget.config(method), "--resume"] + opts
+
+
+def final_record(out: str, iters: int, target_val: str) -> Optional[Dict]:
+    """The run's evaluation at its last iteration from metrics.json, or None."""
+    path = os.path.join(out, "metrics.json")
+    found = None
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                if f"student/{target_val}/bbox/AP50" in rec and rec.get("iteration", -1) >= iters - 1:
+                    found = rec
+    return found
+
+
+def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, threads: Optional[int]) -> Dict:
+    out = os.path.join(out_dir, str(seed), method)
+    if final_record(out, budget.total, budget.target_val) is not None:
+        print(f"[seed {seed}] {method}: done before, skipped", flush=True)
+        return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters}
+    os.makedirs(out, exist_ok=True)
+    if method != "minimal_mic" and not os.path.isfile(os.path.join(out, "last_checkpoint")):
+        shutil.copy(os.path.join(source["dir"], budget.checkpoint), os.path.join(out, budget.checkpoint))
+        with open(os.path.join(out, "last_checkpoint"), "w") as f:
+            f.write(budget.checkpoint)
+    cmd = adapt_command(method, seed, out, budget, source["dir"])
+    print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
+    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    print(f"[seed {seed}] {method}: {wall:.0f} s", flush=True)
+    return {"wall_seconds": wall, "skipped": False, "steps_run": budget.adapt_iters, "command": cmd}
+
+
+# --------------------------------------------------------------------------- reading
 def read_run(out: str, budget: Budget, has_teacher: bool) -> Dict:
-    """Final AP numbers of one run (student, teacher) and its pseudo-label quality over training."""
-    rec = final_record(out, budget.iters)
+    rec = final_record(out, budget.total, budget.target_val)
     if rec is None:
-        raise RuntimeError(f"{out}/metrics.json holds no final evaluation (iteration {budget.iters})")
-    models = {tag: ap_numbers(rec, tag) for tag in (("student", "teacher") if has_teacher else ("student",))}
-    return {"models": models, "pseudo_labels": pseudo_label_quality(out) if has_teacher else None}
-
-
-def ap_numbers(rec: Dict, tag: str) -> Dict:
-    def get(key: str) -> Optional[float]:
-        return nan_to_none(rec.get(key))
-
-    prefix = f"{tag}/{TARGET_VAL}/bbox/AP50-"
-    return {
-        "target_AP50": get(f"{tag}/{TARGET_VAL}/bbox/AP50"),
-        "target_AP": get(f"{tag}/{TARGET_VAL}/bbox/AP"),
-        "source_AP50": get(f"{tag}/{SOURCE_VAL}/bbox/AP50"),
-        "source_AP": get(f"{tag}/{SOURCE_VAL}/bbox/AP"),
-        "target_AP50_per_class": {k[len(prefix):]: get(k) for k in rec if k.startswith(prefix)},
-    }
+        raise RuntimeError(f"{out}/metrics.json holds no final evaluation (iteration {budget.total})")
+    models = {}
+    for tag in ("student", "teacher") if has_teacher else ("student",):
+        prefix = f"{tag}/{budget.target_val}/bbox/AP50-"
+        if f"{tag}/{budget.target_val}/bbox/AP50" not in rec:
+            continue
+        models[tag] = {
+            "target_AP50": rec.get(f"{tag}/{budget.target_val}/bbox/AP50"),
+            "target_AP": rec.get(f"{tag}/{budget.target_val}/bbox/AP"),
+            "source_AP50": rec.get(f"{tag}/{SOURCE_VAL}/bbox/AP50"),
+            "source_AP": rec.get(f"{tag}/{SOURCE_VAL}/bbox/AP"),
+            "target_AP50_per_class": {k[len(prefix):]: v for k, v in rec.items() if k.startswith(prefix)},
+        }
+    return {"models": models, "pseudo_labels": pseudo_label_quality(out) if has_teacher else None,
+            "guard": guard_events(out)}
 
 
 def pseudo_label_quality(out: str) -> Optional[Dict]:
-    """First and last logged pseudo-label precision / recall of a MIC run.
-
-    Precision is recomputed as tp / num_pseudo so that a step without any
-    pseudo-box counts as undefined rather than as precision 0.
-    """
-    logged = []
+    """First / last / pooled pseudo-label precision and recall against target-train labels."""
+    logged, boxes = [], []
     with open(os.path.join(out, "metrics.json")) as f:
         for line in f:
             rec = json.loads(line)
-            if "mic/pseudo_precision" in rec:
+            if "mic/boxes_per_image" in rec:
+                boxes.append(rec["mic/boxes_per_image"])
+            if "mic/pseudo_tp" in rec:
                 logged.append(rec)
     if not logged:
         return None
 
     def point(rec: Dict) -> Dict:
-        tp, n_pseudo, n_gt = rec.get("mic/pseudo_tp"), rec.get("mic/pseudo_num_pseudo"), rec.get("mic/pseudo_num_gt")
-        precision = (tp / n_pseudo if n_pseudo else None) if tp is not None else rec["mic/pseudo_precision"]
-        recall = (tp / n_gt if n_gt else None) if tp is not None else rec["mic/pseudo_recall"]
-        return {"iteration": rec["iteration"], "precision": precision, "recall": recall, "num_pseudo": n_pseudo}
+        tp, n_p, n_g = rec["mic/pseudo_tp"], rec.get("mic/pseudo_num_pseudo"), rec.get("mic/pseudo_num_gt")
+        return {"iteration": rec["iteration"], "precision": tp / n_p if n_p else None,
+                "recall": tp / n_g if n_g else None}
 
-    tp = sum(r.get("mic/pseudo_tp", 0) for r in logged)
-    n_pseudo = sum(r.get("mic/pseudo_num_pseudo", 0) for r in logged)
-    n_gt = sum(r.get("mic/pseudo_num_gt", 0) for r in logged)
-    return {
-        "first": point(logged[0]),
-        "last": point(logged[-1]),
-        "num_logged": len(logged),
-        # Pooled over the logged steps (one target batch each): steadier than one step.
-        "pooled_precision": tp / n_pseudo if n_pseudo else None,
-        "pooled_recall": tp / n_gt if n_gt else None,
-    }
+    tp = sum(r["mic/pseudo_tp"] for r in logged)
+    n_p = sum(r.get("mic/pseudo_num_pseudo", 0) for r in logged)
+    n_g = sum(r.get("mic/pseudo_num_gt", 0) for r in logged)
+    return {"first": point(logged[0]), "last": point(logged[-1]), "pooled_precision": tp / n_p if n_p else None,
+            "pooled_recall": tp / n_g if n_g else None, "boxes_per_image": mean_std(boxes)["mean"]}
 
 
-# --------------------------------------------------------------------------- statistics
-def mean_std(values: Sequence[Optional[float]]) -> Dict:
-    """Mean and sample std (None with fewer than two values) of the defined values."""
-    vals = [v for v in values if v is not None]
-    return {
-        "mean": statistics.fmean(vals) if vals else None,
-        "std": statistics.stdev(vals) if len(vals) > 1 else None,
-        "n": len(vals),
-        "values": list(values),
-    }
+def guard_events(out: str) -> Dict:
+    """How often the collapse guard fired (0 in a healthy run)."""
+    rollbacks = collapses = 0
+    path = os.path.join(out, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                rec = json.loads(line)
+                rollbacks = max(rollbacks, int(rec.get("guard/rollbacks", 0)))
+                collapses = max(collapses, int(rec.get("guard/collapses", 0)))
+    return {"rollbacks": rollbacks, "collapses": collapses}
 
 
-def pooled_std(a: Dict, b: Dict) -> Optional[float]:
-    """sqrt of the mean of the two variances (equal seed counts); None if either is unknown."""
-    if a["std"] is None or b["std"] is None:
-        return None
-    return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
-
-
-def summarize(runs: Dict[str, Dict[int, Dict]], budget: Budget) -> Dict[str, Dict]:
-    """Per method and model (student / teacher): the statistics the tables show."""
-    summary = {}
-    for method in budget.methods:
-        per_seed = runs[method]
-        for tag in per_seed[budget.seeds[0]]["models"]:
-            numbers = [per_seed[s]["models"][tag] for s in budget.seeds]
-            classes = list(numbers[0]["target_AP50_per_class"])
-            summary[f"{method}/{tag}"] = {
-                "method": method,
-                "model": tag,
-                **{k: mean_std([n[k] for n in numbers]) for k in ("target_AP50", "target_AP", "source_AP50", "source_AP")},
-                "target_AP50_per_class": {
-                    c: mean_std([n["target_AP50_per_class"].get(c) for n in numbers])["mean"] for c in classes
-                },
-            }
-    add_comparisons(summary, runs, budget)
-    return summary
-
-
-def add_comparisons(summary: Dict[str, Dict], runs: Dict[str, Dict[int, Dict]], budget: Budget) -> None:
-    """Fraction of the oracle's AP50 and difference to source-only, for every row."""
-    oracle = summary.get("oracle/student", {}).get("target_AP50", {}).get("mean")
-    base = summary.get("source_only/student", {}).get("target_AP50")
-    for key, row in summary.items():
-        ap50 = row["target_AP50"]
-        row["fraction_of_oracle_AP50"] = ap50["mean"] / oracle if oracle and ap50["mean"] is not None else None
-        if base is None or key == "source_only/student":
-            continue
-        diff = ap50["mean"] - base["mean"] if ap50["mean"] is not None and base["mean"] is not None else None
-        sigma = pooled_std(ap50, base)
-        in_sigma = diff / sigma if diff is not None and sigma else None
-        # Same seed = same burn-in for the resumed methods: the per-seed differences are paired.
-        paired = [
-            (a - b) if a is not None and b is not None else None
-            for a, b in zip(ap50["values"], base["values"])
-        ]
-        row["vs_source_only"] = {
-            "AP50_diff": diff,
-            "pooled_std": sigma,
-            "diff_in_pooled_std": in_sigma,
-            f"exceeds_{SIGNIFICANCE:g}_pooled_std": (abs(in_sigma) > SIGNIFICANCE) if in_sigma is not None else None,
-            "paired_diff_per_seed": paired,
-            # The same burn-in cancels out of a paired difference: its spread is the
-            # adaptation's own seed-to-seed noise, not the burn-in's.
-            "paired_diff": mean_std(paired),
-        }
-
-
-def pseudo_summary(runs: Dict[str, Dict[int, Dict]], budget: Budget) -> Dict[str, Dict]:
-    """Per MIC method: first / last / pooled pseudo-label precision and recall, mean over seeds."""
+def pseudo_summary(runs: Dict, budget: Budget) -> Dict:
     out = {}
     for method in budget.methods:
-        qs = [runs[method][s]["pseudo_labels"] for s in budget.seeds]
-        qs = [q for q in qs if q]
-        if not qs:
-            continue
-        out[method] = {
-            "first_iteration": [q["first"]["iteration"] for q in qs],
-            "last_iteration": [q["last"]["iteration"] for q in qs],
-            **{
-                f"{when}_{what}": mean_std([q[when][what] for q in qs])["mean"]
-                for when in ("first", "last") for what in ("precision", "recall")
-            },
-            "pooled_precision": mean_std([q["pooled_precision"] for q in qs])["mean"],
-            "pooled_recall": mean_std([q["pooled_recall"] for q in qs])["mean"],
-        }
+        qs = [runs[method][s]["pseudo_labels"] for s in budget.seeds if runs[method][s]["pseudo_labels"]]
+        if qs:
+            out[method] = {
+                **{f"{w}_{m}": mean_std([q[w][m] for q in qs])["mean"] for w in ("first", "last")
+                   for m in ("precision", "recall")},
+                **{k: mean_std([q[k] for q in qs])["mean"]
+                   for k in ("pooled_precision", "pooled_recall", "boxes_per_image")},
+            }
     return out
 
 
-# --------------------------------------------------------------------------- tables
-def fmt(x: Optional[float], spec: str = ".1f") -> str:
-    return "–" if x is None else format(x, spec)
+def machine_info() -> Dict:
+    import torch
 
-
-def fmt_ms(stat: Dict) -> str:
-    if stat["mean"] is None:
-        return "–"
-    return fmt(stat["mean"]) + (f" ± {stat['std']:.1f}" if stat["std"] is not None else "")
-
-
-def row_label(row: Dict) -> str:
-    label = METHODS[row["method"]].label
-    return f"{label} (teacher)" if row["model"] == "teacher" else label
-
-
-def header_lines(desc: Dict, machine: Dict, dataset: Dict) -> List[str]:
-    splits = dataset.get("splits", {})
-    return [
-        "## Adaptation benchmark: built-in clear -> foggy pair",
-        "",
-        f"- Budget: {desc['iters']} iterations per run (lr x0.1 at {desc['lr_steps'][0]}, base lr {desc['base_lr']}); "
-        f"adaptation methods resume from source-only at {desc['burn_in']} (shared burn-in)",
-        f"- Images: {desc['image_size']}",
-        f"- Model: {desc['model']}",
-        f"- Seeds: {', '.join(map(str, desc['seeds']))}; overrides: {' '.join(desc['overrides']) or 'none'}",
-        f"- Data: {dataset['root']} ({', '.join(f'{k} {v}' for k, v in splits.items())}; "
-        f"{dataset.get('height')}x{dataset.get('width')}, fog beta {dataset.get('beta')})",
-        f"- Machine: {machine['cpu']}, {machine['cores']} cores, OMP_NUM_THREADS={machine['omp_num_threads']}; "
-        f"torch {machine['torch']}, detectron2 {machine['detectron2']}",
-        "- Evaluated once, at the final iteration (no selection on target val); mean ± sample std over seeds",
-    ]
-
-
-def main_table(summary: Dict[str, Dict]) -> List[str]:
-    key = f"exceeds_{SIGNIFICANCE:g}_pooled_std"
-    lines = [
-        "| method | target AP50 | target AP | source AP50 | % of oracle AP50 | Δ AP50 vs source-only "
-        "| Δ / pooled std | > 3 std | paired Δ per seed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in summary.values():
-        vs = row.get("vs_source_only") or {}
-        exceeds = vs.get(key)
-        lines.append(
-            f"| {row_label(row)} | {fmt_ms(row['target_AP50'])} | {fmt_ms(row['target_AP'])} | "
-            f"{fmt_ms(row['source_AP50'])} | "
-            f"{fmt(row['fraction_of_oracle_AP50'] * 100 if row['fraction_of_oracle_AP50'] is not None else None, '.0f')} | "
-            f"{fmt(vs.get('AP50_diff'), '+.1f')} | {fmt(vs.get('diff_in_pooled_std'), '+.1f')} | "
-            f"{'–' if exceeds is None else ('yes' if exceeds else 'no')} | "
-            f"{fmt_ms(vs['paired_diff']) if vs else '–'} |"
-        )
-    return lines
-
-
-def class_table(summary: Dict[str, Dict], order: Sequence[str] = ()) -> List[str]:
-    """Per-class target AP50; columns in the dataset's class order (metrics.json sorts them)."""
-    present = list(next(iter(summary.values()))["target_AP50_per_class"])
-    classes = [c for c in order if c in present] + [c for c in present if c not in order]
-    lines = ["| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
-    for row in summary.values():
-        per = row["target_AP50_per_class"]
-        lines.append(f"| {row_label(row)} | " + " | ".join(fmt(per.get(c)) for c in classes) + " |")
-    return lines
-
-
-def pseudo_table(pseudo: Dict[str, Dict]) -> List[str]:
-    lines = [
-        "| method | iters logged | precision first → last | recall first → last | precision / recall pooled |",
-        "|---|---|---|---|---|",
-    ]
-    for method, p in pseudo.items():
-        lines.append(
-            f"| {METHODS[method].label} | {p['first_iteration'][0]}–{p['last_iteration'][0]} | "
-            f"{fmt(p['first_precision'], '.2f')} → {fmt(p['last_precision'], '.2f')} | "
-            f"{fmt(p['first_recall'], '.2f')} → {fmt(p['last_recall'], '.2f')} | "
-            f"{fmt(p['pooled_precision'], '.2f')} / {fmt(p['pooled_recall'], '.2f')} |"
-        )
-    return lines
-
-
-def time_table(timings: Dict[str, Dict[int, Dict]], budget: Budget) -> List[str]:
-    lines = ["| method | steps run | " + " | ".join(f"seed {s} (s)" for s in budget.seeds) + " |",
-             "|---|---|" + "---|" * len(budget.seeds)]
-    for method in budget.methods:
-        t = timings[method]
-        steps = t[budget.seeds[0]].get("steps_run", "–")
-        lines.append(f"| {METHODS[method].label} | {steps} | "
-                     + " | ".join(fmt(t[s].get("wall_seconds"), ".0f") for s in budget.seeds) + " |")
-    return lines
-
-
-def report(desc: Dict, machine: Dict, dataset: Dict, summary: Dict, pseudo: Dict, timings: Dict, budget: Budget) -> str:
-    lines = header_lines(desc, machine, dataset)
-    lines += ["", "### Target (foggy val) and source (clear val) AP, student unless marked", ""] + main_table(summary)
-    lines += ["", "### Per-class target AP50 (mean over seeds)", ""] + class_table(summary, dataset.get("classes", ()))
-    if pseudo:
-        lines += ["", "### Pseudo-labels vs target-train labels (measurement only; mean over seeds)", ""]
-        lines += pseudo_table(pseudo)
-    lines += ["", "### Wall time per run (resumed methods run only the steps after the burn-in)", ""]
-    lines += time_table(timings, budget)
-    return "\n".join(lines)
-
-
-def to_json(x):
-    """NaN -> null, so the report is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): to_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [to_json(v) for v in x]
-    return x
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
 
 
 # --------------------------------------------------------------------------- main
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> Dict:
     args, budget = parse_args(argv)
-    cfg = resolved_config(budget)  # also validates the overrides before anything trains
-    desc = describe_budget(cfg, budget)
-    machine = machine_info()
-    dataset = ensure_dataset(cfg)
-    print("\n".join(header_lines(desc, machine, dataset)), flush=True)
-
+    threads = 1 if args.jobs > 1 else None
     start = time.perf_counter()
-    timings: Dict[str, Dict[int, Dict]] = {m: {} for m in budget.methods}
-    runs: Dict[str, Dict[int, Dict]] = {m: {} for m in budget.methods}
-    for seed in budget.seeds:
-        for method in budget.methods:
-            timings[method][seed] = run_one(method, seed, budget, args.out_dir)
-            out = run_dir(args.out_dir, seed, method)
-            runs[method][seed] = read_run(out, budget, has_teacher=METHODS[method].mic)
-
-    summary = summarize(runs, budget)
+    print(f"Adaptation benchmark, shift {budget.shift}: source model {budget.source_iters} steps, then "
+          f"{budget.adapt_iters} per method; seeds {budget.seeds}; methods {budget.methods}", flush=True)
+    timings: Dict[str, Dict[int, Dict]] = {"source model": {}, **{m: {} for m in budget.methods}}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        sources = dict(zip(budget.seeds, pool.map(
+            lambda s: source_model(s, budget, args.cache_dir, threads), budget.seeds)))
+        timings["source model"] = sources
+        jobs = {(m, s): pool.submit(adapt, m, s, budget, args.out_dir, sources[s], threads)
+                for s in budget.seeds for m in budget.methods}
+        for (m, s), job in jobs.items():
+            timings[m][s] = job.result()
+    runs = {m: {s: read_run(os.path.join(args.out_dir, str(s), m), budget, METHODS[m].mic) for s in budget.seeds}
+            for m in budget.methods}
+    summary = summarize(runs, budget.methods, budget.seeds, METRICS, KEY_METRIC)
+    checks = verdicts(summary, KEY_METRIC)
     pseudo = pseudo_summary(runs, budget)
-    print()
-    print(report(desc, machine, dataset, summary, pseudo, timings, budget))
-
-    result = {
-        "budget": desc,
-        "machine": machine,
-        "dataset": dataset,
-        "summary": summary,
-        "pseudo_labels": pseudo,
-        "runs": {m: {str(s): {**runs[m][s], **timings[m][s]} for s in budget.seeds} for m in budget.methods},
-        "out_dir": args.out_dir,
-        "total_wall_seconds": time.perf_counter() - start,
-    }
+    info = dataset_info()
+    columns = [("target AP50", "target_AP50"), ("target AP", "target_AP"), ("source AP50", "source_AP50")]
+    lines = [f"## Adaptation benchmark: built-in clear -> {budget.shift}", "",
+             f"Source model: {budget.source_iters} steps (lr x0.1 at {budget.lr_step}); every method then "
+             f"{budget.adapt_iters} steps from it. Seeds {budget.seeds}. Overrides: {' '.join(budget.overrides) or 'none'}.",
+             "", *main_table(summary, LABELS, columns), "", "Verdicts:", *verdict_lines(checks), "",
+             "Per-class target AP50 (mean over seeds):", "",
+             *class_table(summary, LABELS, "target_AP50_per_class", info.get("classes", ()))]
+    if pseudo:
+        lines += ["", "Pseudo-labels vs target-train labels (a measurement; never trained on):", "",
+                  *pseudo_table(pseudo, LABELS)]
+    fired = {f"{m}/{s}": runs[m][s]["guard"] for m in budget.methods for s in budget.seeds
+             if runs[m][s]["guard"]["collapses"]}
+    lines += ["", f"Collapse guard fired: {fired or 'never'}", "", "Wall time:", "",
+              *time_table(timings, {**LABELS, "source model": "source model"}, budget.seeds)]
+    total = time.perf_counter() - start
+    lines += ["", f"Total wall time of this invocation: {total / 60:.1f} min"]
+    print("\n" + "\n".join(lines), flush=True)
+    result = {"budget": budget.__dict__, "machine": machine_info(), "dataset": info, "summary": summary,
+              "verdicts": checks, "pseudo_labels": pseudo, "guard": fired, "runs": runs,
+              "timings": timings, "total_wall_seconds": total, "report": "\n".join(lines)}
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
     with open(args.output, "w") as f:
         json.dump(to_json(result), f, indent=2, allow_nan=False)
     print(f"\nJSON: {args.output}")
+    if args.demo:
+        print(recorded_spread(budget))
+    return result
+
+
+def recorded_spread(budget: Budget) -> str:
+    """What the full benchmark (several seeds) measured for the same comparison, to read one seed against."""
+    path = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
+    try:
+        with open(path) as f:
+            rec = json.load(f)
+        g = rec["summary"]["mic/student"]["gain_over_control"]
+        return (f"The benchmark ({path}, seeds {rec['budget']['seeds']}, same budget "
+                f"{rec['budget']['source_iters']}+{rec['budget']['adapt_iters']}) measured MIC's gain over the control "
+                f"at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 (per seed: "
+                f"{', '.join(f'{v:+.1f}' for v in g['values'] if v is not None)}).")
+    except (OSError, KeyError, TypeError, ValueError):
+        return f"No recorded multi-seed benchmark at {path} to compare this seed with (make bench-accuracy)."
 
 
 if __name__ == "__main__":

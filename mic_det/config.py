@@ -61,8 +61,27 @@ def add_mic_config(cfg: CN) -> CN:
     # Iterations of plain source training before the teacher is copied from the
     # student and MIC starts. 0 = the reference (MIC from the first step).
     _C.MIC.BURN_IN_ITERS = 0
-    # Evaluate the EMA teacher next to the student at every evaluation.
+    # Evaluate the EMA teacher next to the student at every evaluation (not
+    # during a burn-in: the teacher is only a copy of the student from its end).
     _C.MIC.EVAL_TEACHER = True
+    # The collapse guard (mic_det/engine/collapse_guard.py) watches the
+    # adaptation phase: source accuracy of the student, pseudo-labels per image.
+    _C.MIC.GUARD = CN()
+    _C.MIC.GUARD.ENABLED = True
+    # Steps each signal is averaged over (and the spacing of rollback snapshots).
+    _C.MIC.GUARD.WINDOW = 20
+    # Collapse when the source accuracy falls below this fraction of its value
+    # at the start of adaptation ...
+    _C.MIC.GUARD.MIN_ACCURACY_RATIO = 0.5
+    # ... or the teacher gives more than this many pseudo-labels per image per
+    # labelled source object (it hallucinates), or its count falls under a
+    # tenth of what it was at the start (it died).
+    _C.MIC.GUARD.MAX_PSEUDO_RATIO = 3.0
+    # "rollback": restore student, teacher and optimizer from before the
+    # collapse, multiply the lr by LR_FACTOR and go on; "stop": raise; "warn": log only.
+    _C.MIC.GUARD.ACTION = "rollback"
+    _C.MIC.GUARD.MAX_ROLLBACKS = 3
+    _C.MIC.GUARD.LR_FACTOR = 0.5
     # Log pseudo-label precision/recall against the target stream's own labels
     # when it has them (a measurement only: the labels never reach a loss).
     _C.MIC.LOG_PSEUDO_LABEL_QUALITY = False
@@ -93,6 +112,10 @@ def add_mic_config(cfg: CN) -> CN:
     _C.UDA = CN()
     # Master switch; the pieces below only act when it is on.
     _C.UDA.ENABLED = False
+    # First iteration with the alignment losses (0 = from the start, as the
+    # reference with a pretrained backbone); the CPU configs align only once
+    # the source model is trained, like MIC's burn-in.
+    _C.UDA.START_ITER = 0
     # Image-level domain discriminator: one head per backbone feature map.
     _C.UDA.IMG_DA = CN()
     _C.UDA.IMG_DA.ENABLED = True

@@ -64,6 +64,7 @@ class MICStep(SimpleTrainer):
         self.teacher = teacher
         self.mic_enabled = cfg.MIC.ENABLED
         self.uda_enabled = cfg.UDA.ENABLED
+        self.uda_start_iter = cfg.UDA.START_ITER
         if (self.mic_enabled or self.uda_enabled) and target_loader is None:
             raise ValueError("MIC/UDA training needs a target loader (DATASETS.TRAIN_TARGET)")
         if self.mic_enabled and teacher is None:
@@ -136,21 +137,25 @@ class MICStep(SimpleTrainer):
         """MIC acts from the first iteration after the burn-in."""
         return self.mic_enabled and self.iter >= self.burn_in_iters
 
+    @property
+    def uda_active(self) -> bool:
+        """Domain alignment acts from ``UDA.START_ITER`` on."""
+        return self.uda_enabled and self.iter >= self.uda_start_iter
+
     def start_streams(self, start_iter: int) -> None:
         """Start both data streams at the batch that iteration ``start_iter`` consumes.
 
         The source stream gives one batch per step; the target stream one per
-        step that uses it (every step with UDA, the steps after the burn-in
-        with MIC alone). Loaders without a resumable sampler restart instead.
+        step that uses it (from ``UDA.START_ITER`` with UDA, from the end of
+        the burn-in with MIC, whichever comes first). Loaders without a resumable sampler restart instead.
         """
         per_rank = {"source": self.cfg.SOLVER.IMS_PER_BATCH, "target": target_batch_size(self.cfg)}
         world = comm.get_world_size()
-        if self.uda_enabled:
-            target_steps = start_iter
-        elif self.mic_enabled:
-            target_steps = max(0, start_iter - self.burn_in_iters)
-        else:
-            target_steps = 0
+        first_target_step = min(
+            self.uda_start_iter if self.uda_enabled else start_iter,
+            self.burn_in_iters if self.mic_enabled else start_iter,
+        )
+        target_steps = max(0, start_iter - first_target_step)
         for name, loader, steps in (
             ("source", self.data_loader, start_iter),
             ("target", self.target_loader, target_steps),
@@ -174,7 +179,7 @@ class MICStep(SimpleTrainer):
         assert self.model.training, "[MICStep] model was changed to eval mode!"
         start = time.perf_counter()
         source = next(self._data_loader_iter)
-        target = self._next_target() if (self.uda_enabled or self.mic_active) else None
+        target = self._next_target() if (self.uda_active or self.mic_active) else None
         data_time = time.perf_counter() - start
         if self.torch_rng_states_to_restore is not None:
             set_torch_rng_states(self.torch_rng_states_to_restore)
@@ -186,10 +191,12 @@ class MICStep(SimpleTrainer):
 
         autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
         with autocast:
-            if self.uda_enabled:
+            if self.uda_active:
                 loss_dict = self.model(source, target_inputs=target)
             else:
                 loss_dict = self.model(source)
+            if self.mic_enabled:
+                self._log_source_signals(source)
             if self.mask_source and self.mic_active:
                 loss_dict.update(self._masked_losses(source, [x["instances"] for x in source], "_masked_src"))
             if self.mic_active:
@@ -221,10 +228,31 @@ class MICStep(SimpleTrainer):
                 get_event_storage().put_scalar(f"data/skipped_images_{name}", skipped, smoothing_hint=False)
 
     # -------------------------------------------------------------------- MIC
+    def _log_source_signals(self, source: List[Dict]) -> None:
+        """What the collapse guard watches on the labelled stream (``guard/*``).
+
+        The source forward has just logged the RoI head's foreground accuracy;
+        the masked forward would overwrite it, so it is copied under its own
+        name here, with the labelled objects per image the teacher's count is
+        compared with.
+        """
+        storage = get_event_storage()
+        acc = storage.latest().get("fast_rcnn/fg_cls_accuracy")
+        if acc is not None and acc[1] == storage.iter:
+            storage.put_scalar("guard/source_accuracy", acc[0])
+        objects = sum(len(x["instances"]) for x in source if "instances" in x) / max(len(source), 1)
+        storage.put_scalar("guard/source_objects_per_image", objects)
+
     @torch.no_grad()
     def pseudo_label(self, target: List[Dict]) -> List[Instances]:
-        """Teacher boxes on the unmasked target view, in network-input coordinates."""
+        """Teacher boxes on the unmasked target view, in network-input coordinates.
+
+        Also logs the teacher's top score (before any threshold): when no box
+        passes, it says how far the teacher is from giving one.
+        """
         predictions = self.teacher.model.inference(target, do_postprocess=False)
+        top = max((float(p.scores.max()) for p in predictions if p.has("scores") and len(p)), default=0.0)
+        get_event_storage().put_scalar("guard/teacher_top_score", top, smoothing_hint=False)
         return make_pseudo_labels(predictions, self.score_thresh, self.nms_thresh, self.ignore_thresh)
 
     def _mic_losses(self, target: List[Dict]) -> Dict[str, torch.Tensor]:
@@ -232,6 +260,7 @@ class MICStep(SimpleTrainer):
         storage = get_event_storage()
         stats = pseudo_label_stats(pseudo)
         storage.put_scalars(**{f"mic/{k}": v for k, v in stats.items()})
+        storage.put_scalar("guard/pseudo_per_image", stats["boxes_per_image"], smoothing_hint=False)
         if self.log_quality:
             self._log_pseudo_label_quality(target, pseudo)
         # An image counts when the teacher is sure of at least one box in it.

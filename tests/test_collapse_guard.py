@@ -1,0 +1,133 @@
+"""The collapse guard: what counts as a collapse, and what a rollback restores."""
+import logging
+import types
+
+import pytest
+import torch
+from detectron2.utils.events import EventStorage
+
+from mic_det.engine.collapse_guard import CollapseGuard, TrainingCollapsed
+from mic_det.teacher import EMATeacher
+
+from .conftest import read_metrics, run_train_net
+
+
+class _Trainer:
+    """Just what the guard touches: iter, storage, the step's model/teacher/optimizer, scheduler."""
+
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 1)
+        self.teacher = EMATeacher(self.model)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self._trainer = types.SimpleNamespace(model=self.model, teacher=self.teacher, optimizer=self.optimizer)
+        self.scheduler = types.SimpleNamespace(base_lrs=[0.1])
+        self.iter = 0
+        self.storage = None
+
+
+def _drive(guard, trainer, signals):
+    """Feed one dict of guard/* scalars per iteration, as the MIC step logs them.
+
+    Returns the student's weight after each iteration's guard check.
+    """
+    after = []
+    with EventStorage(0) as storage:
+        trainer.storage = storage
+        for it, values in enumerate(signals):
+            trainer.iter = storage.iter = it
+            for k, v in values.items():
+                storage.put_scalar(f"guard/{k}", v)
+            # The weights move every step: a rollback must bring back older ones.
+            with torch.no_grad():
+                trainer.model.weight.fill_(float(it))
+            guard.after_step()
+            after.append(float(trainer.model.weight[0, 0]))
+    return after
+
+
+def _guard(trainer, **kw):
+    g = CollapseGuard(start_iter=kw.pop("start_iter", 10), window=5, **kw)
+    g.trainer = trainer
+    return g
+
+
+HEALTHY = {"source_accuracy": 0.9, "pseudo_per_image": 1.5, "source_objects_per_image": 4.0}
+
+
+def test_a_healthy_run_is_left_alone():
+    trainer = _Trainer()
+    guard = _guard(trainer, action="stop")
+    _drive(guard, trainer, [HEALTHY] * 60)
+    assert guard.rollbacks == 0 and guard.reference_accuracy == pytest.approx(0.9)
+
+
+def test_falling_source_accuracy_rolls_back_and_lowers_the_lr():
+    trainer = _Trainer()
+    guard = _guard(trainer, action="rollback", min_accuracy_ratio=0.5)
+    collapsing = [dict(HEALTHY, source_accuracy=0.9 - 0.1 * i) for i in range(9)]
+    after = _drive(guard, trainer, [HEALTHY] * 20 + collapsing)
+    assert guard.rollbacks == 1
+    # Seen at iteration 27 (window mean 0.4 < 0.45): back to the snapshot of
+    # iteration 20, taken while healthy, at least one window before.
+    assert after[26] == 26.0 and after[27] == 20.0
+    assert trainer.scheduler.base_lrs == [pytest.approx(0.05)]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_hallucinating_teacher_is_a_collapse():
+    trainer = _Trainer()
+    guard = _guard(trainer, action="stop", max_pseudo_ratio=3.0)
+    with pytest.raises(TrainingCollapsed, match="pseudo-labels per image"):
+        _drive(guard, trainer, [HEALTHY] * 20 + [dict(HEALTHY, pseudo_per_image=50.0)] * 10)
+
+
+def test_a_teacher_that_dies_is_a_collapse():
+    trainer = _Trainer()
+    guard = _guard(trainer, action="stop")
+    with pytest.raises(TrainingCollapsed, match="fell to"):
+        _drive(guard, trainer, [HEALTHY] * 25 + [dict(HEALTHY, pseudo_per_image=0.0)] * 10)
+
+
+def test_never_any_pseudo_label_warns_but_does_not_stop(caplog):
+    trainer = _Trainer()
+    guard = _guard(trainer, action="stop")
+    with caplog.at_level(logging.WARNING, logger="mic_det.engine.collapse_guard"):
+        _drive(guard, trainer, [dict(HEALTHY, pseudo_per_image=0.0, teacher_top_score=0.42)] * 70)
+    assert "no pseudo-label" in caplog.text and "0.420" in caplog.text and "PSEUDO_SCORE_THRESH" in caplog.text
+
+
+def test_too_many_rollbacks_stop_the_run():
+    trainer = _Trainer()
+    guard = _guard(trainer, action="rollback", max_rollbacks=1)
+    bad = dict(HEALTHY, source_accuracy=0.05)
+    with pytest.raises(TrainingCollapsed, match="1 rollbacks did not help"):
+        _drive(guard, trainer, [HEALTHY] * 20 + [bad] * 40)
+    assert guard.rollbacks == 1
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="MIC.GUARD.ACTION"):
+        CollapseGuard(start_iter=0, action="panic")
+
+
+def test_guard_fires_on_a_run_made_to_collapse(source_only_run, tiny_pair, tmp_path):
+    """MIC from a trained source model at a destructive lr, teacher boxes at any score: the guard stops it.
+
+    The checkpoint written before the collapse is left as it was.
+    """
+    out = tmp_path / "collapse"
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/mic.yaml",
+         "MODEL.WEIGHTS", str(source_only_run / "model_final.pth"), "MIC.BURN_IN_ITERS", "0",
+         "SOLVER.MAX_ITER", "120", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0", "SOLVER.BASE_LR", "0.2",
+         "MIC.PSEUDO_SCORE_THRESH", "0.05", "MIC.EMA_ALPHA", "0.5", "MIC.LOSS_WEIGHT", "5.0",
+         "MIC.GUARD.WINDOW", "5", "MIC.GUARD.ACTION", "rollback", "MIC.GUARD.MAX_ROLLBACKS", "1",
+         "SOLVER.CHECKPOINT_PERIOD", "3", "DATASETS.TEST", "()"],
+        out, tiny_pair, check=False,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-3000:]
+    assert "Adaptation collapsed at iteration" in log and "Rolled back" in log and "TrainingCollapsed" in log
+    assert (out / "model_0000002.pth").is_file()  # written before the collapse, kept
+    rollbacks = [r["guard/rollbacks"] for r in read_metrics(out) if "guard/rollbacks" in r]
+    assert rollbacks and max(rollbacks) == 1
