@@ -177,7 +177,7 @@ def test_finest_level_only_reproduces_the_reference_code():
     feats, box_feats, rois, levels = _inputs()
     loss = align(feats, box_feats, rois)["loss_da_ins"]
     loss.backward()
-    assert all(p.grad is None for p in align.ins_heads["p3"].parameters())
+    assert all(p.grad.abs().sum() == 0 for p in align.ins_heads["p3"].parameters())
     for d, label in DOMAINS:
         coarse = torch.tensor([f == "p3" for f in levels[d]])
         assert box_feats[d].grad[coarse].abs().sum() == 0 and box_feats[d].grad[~coarse].abs().sum() > 0
@@ -188,6 +188,17 @@ def test_finest_level_only_reproduces_the_reference_code():
         )
         bces.append(F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label)))
     torch.testing.assert_close(loss, sum(bces) / 2)
+
+
+def test_every_discriminator_parameter_gets_a_gradient_when_a_level_has_no_rois():
+    """DistributedDataParallel (without find_unused_parameters) needs a gradient for every parameter."""
+    align = _alignment()
+    feats, box_feats, rois, _ = _inputs()
+    small = {d: [Boxes(torch.tensor([SMALL])), Boxes(torch.tensor([SMALL, SMALL]))] for d in rois}  # all on p2
+    box_feats = {d: torch.randn(3, 16) for d in rois}
+    sum(align(feats, box_feats, small).values()).backward()
+    assert all(p.grad is not None for p in align.parameters())
+    assert all(p.grad.abs().sum() == 0 for p in align.ins_heads["p3"].parameters())
 
 
 # ------------------------------------------------------------------ consistency

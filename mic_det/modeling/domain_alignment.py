@@ -288,11 +288,14 @@ class DomainAlignment(nn.Module):
         """One logit per RoI, (R,), from its level's head; the features' gradient scaled by ``grad_weight``."""
         x = grad_scale(box_features, grad_weight)
         out = x.new_zeros(x.shape[0])
-        heads = self.roi_in_features[:1] if self.ins_finest_level_only else self.roi_in_features
-        for level, f in enumerate(heads):
+        for level, f in enumerate(self.roi_in_features):
             idx = torch.nonzero(levels == level).squeeze(1)
-            if idx.numel():
-                out = out.index_copy(0, idx, self.ins_heads[f](x[idx]).squeeze(1))
+            if self.ins_finest_level_only and level > 0:
+                idx = idx[:0]  # the reference code scores none of these: logit 0
+            # Every head runs, on no rows if no RoI maps to its level, so that each
+            # of its parameters gets a (zero) gradient every step, as
+            # DistributedDataParallel requires of a model without unused parameters.
+            out = out.index_copy(0, idx, self.ins_heads[f](x[idx]).squeeze(1))
         return out
 
     def pooled_image_probs(self, prob_maps: List[torch.Tensor], rois: List[Boxes]) -> torch.Tensor:
