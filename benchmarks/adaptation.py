@@ -350,8 +350,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
           f"{budget.adapt_iters} per method; seeds {budget.seeds}; methods {budget.methods}", flush=True)
     timings: Dict[str, Dict[int, Dict]] = {"source model": {}, **{m: {} for m in budget.methods}}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        # Fewer source models than workers: give each the cores the idle workers leave.
+        source_threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(budget.seeds))) if threads else None
         sources = dict(zip(budget.seeds, pool.map(
-            lambda s: source_model(s, budget, args.cache_dir, threads), budget.seeds)))
+            lambda s: source_model(s, budget, args.cache_dir, source_threads), budget.seeds)))
         timings["source model"] = sources
         jobs = {(m, s): pool.submit(adapt, m, s, budget, args.out_dir, sources[s], threads)
                 for s in budget.seeds for m in budget.methods}

@@ -22,28 +22,51 @@ def _run(target_ap50):
     return {"models": {"student": numbers}, "pseudo_labels": None}
 
 
-def test_adaptation_comparisons_pooled_and_paired():
-    adaptation = _load("adaptation")
-    budget = adaptation.Budget(iters=10, burn_in=5, seeds=[0, 1, 2], methods=["source_only", "mic", "oracle"])
+def test_adaptation_gains_are_paired_against_the_matched_control():
+    stats, report = _load("bench_stats"), _load("bench_report")
     runs = {
-        "source_only": {0: _run(30.0), 1: _run(34.0), 2: _run(38.0)},
+        "control": {0: _run(30.0), 1: _run(34.0), 2: _run(38.0)},
         "mic": {0: _run(32.0), 1: _run(35.0), 2: _run(41.0)},
         "oracle": {0: _run(50.0), 1: _run(50.0), 2: _run(50.0)},
     }
-    summary = adaptation.summarize(runs, budget)
+    summary = stats.summarize(runs, ["control", "mic", "oracle"], [0, 1, 2],
+                              ("target_AP50", "target_AP", "source_AP50", "source_AP"), "target_AP50")
     mic = summary["mic/student"]
     assert mic["target_AP50"]["mean"] == pytest.approx(36.0)
-    assert mic["fraction_of_oracle_AP50"] == pytest.approx(36.0 / 50.0)
-    vs = mic["vs_source_only"]
-    assert vs["AP50_diff"] == pytest.approx(2.0)
-    # stds 4.58 and 4.0: pooled sqrt((21 + 16) / 2)
-    assert vs["pooled_std"] == pytest.approx(((21.0 + 16.0) / 2) ** 0.5)
-    assert vs["exceeds_3_pooled_std"] is False
-    # Paired differences 2, 1, 3: mean 2, std 1 (the burn-in's spread cancels out).
-    assert vs["paired_diff_per_seed"] == pytest.approx([2.0, 1.0, 3.0])
-    assert vs["paired_diff"]["mean"] == pytest.approx(2.0) and vs["paired_diff"]["std"] == pytest.approx(1.0)
-    table = "\n".join(adaptation.main_table(summary))
-    assert "| MIC | 36.0 ± 4.6 |" in table and "2.0 ± 1.0 |" in table
+    assert mic["fraction_of_oracle"] == pytest.approx(36.0 / 50.0)
+    # Paired differences 2, 1, 3: mean 2, std 1 (the source model's spread cancels out).
+    g = mic["gain_over_control"]
+    assert g["values"] == pytest.approx([2.0, 1.0, 3.0])
+    assert g["mean"] == pytest.approx(2.0) and g["std"] == pytest.approx(1.0) and g["in_std"] == pytest.approx(2.0)
+    assert "gain_over_control" not in summary["control/student"]
+    verdicts = {v["target"]: v["met"] for v in stats.verdicts(summary, "target_AP50")}
+    assert verdicts == {
+        "mic target_AP50 above the matched control by more than 3 paired std": False,  # 2.0 < 3 x 1.0
+        "mic >= 90% of the oracle (target_AP50)": False,
+    }
+    table = "\n".join(report.main_table(summary, {"mic": "MIC"}, [("target AP50", "target_AP50")]))
+    assert "| MIC | 36.0 ± 4.6 | 2.0 ± 1.0 | +2.0 | +2.0, +1.0, +3.0 | 72 |" in table
+
+
+def test_one_seed_gives_no_verdict_on_spread():
+    stats = _load("bench_stats")
+    runs = {"control": {0: _run(30.0)}, "mic": {0: _run(40.0)}}
+    summary = stats.summarize(runs, ["control", "mic"], [0], ("target_AP50",), "target_AP50")
+    (v,) = stats.verdicts(summary, "target_AP50")
+    assert v["met"] is None and v["numbers"]["mean"] == pytest.approx(10.0)
+
+
+def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_path):
+    adaptation = _load("adaptation")
+    args, budget = adaptation.parse_args(["--quick", "--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
+    assert budget.methods == ["control", "mic", "oracle"] and budget.lr_step == 150 and budget.total == 250
+    cmd = adaptation.adapt_command("mic", 0, str(tmp_path), budget, "src")
+    opts = dict(zip(cmd[5::2], cmd[6::2]))
+    assert cmd[3] == "configs/synthetic_night/mic.yaml" and cmd[4] == "--resume"
+    assert opts["MIC.BURN_IN_ITERS"] == "200" and opts["SOLVER.MAX_ITER"] == "250"
+    assert opts["DATASETS.TEST"] == "('synthetic_night_val','synthetic_clear_val')"
+    with pytest.raises(SystemExit):
+        adaptation.parse_args(["SOLVER.MAX_ITER", "5"])  # the benchmark's own key
 
 
 def test_pseudo_label_sweep_precision_recall_f1():
