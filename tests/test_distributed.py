@@ -24,18 +24,32 @@ def _train_and_dump(root: str, out: str, weights: str):
     cfg.merge_from_list(
         TINY_OVERRIDES
         + [
-            "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights, "MIC.BURN_IN_ITERS", "0", "MIC.EMA_ALPHA", "0.9",
-            "MIC.PSEUDO_SCORE_THRESH", "0.3", "DATASETS.TRAIN_TARGET", "('synthetic_clear_train',)",
+            "OUTPUT_DIR", out, "MODEL.WEIGHTS", weights, "MIC.BURN_IN_ITERS", "0", "UDA.START_ITER", "0",
+            "MIC.EMA_ALPHA", "0.9",
+            # Every teacher box is a pseudo-label, so each rank's target images have some.
+            "MIC.PSEUDO_SCORE_THRESH", "0.0", "DATASETS.TRAIN_TARGET", "('synthetic_clear_train',)",
             "DATASETS.TEST", "()", "SOLVER.MAX_ITER", "6", "SOLVER.IMS_PER_BATCH", "2",
         ]
     )
     trainer = MICTrainer(cfg)
     trainer.resume_or_load(resume=False)
+    # This rank's own MIC losses, step by step: Detectron2 logs only their
+    # mean over the ranks, and only on rank 0.
+    step = trainer._trainer
+    mic_losses = step._mic_losses
+    recorded = []
+
+    def recording(target):
+        losses = mic_losses(target)
+        recorded.append({k: float(v.detach()) for k, v in losses.items()})
+        return losses
+
+    step._mic_losses = recording
     trainer.train()
     rank = comm.get_rank()
     torch.save(
         {"teacher": trainer.teacher.state_dict(), "student": trainer.model.module.state_dict(),
-         "world": comm.get_world_size(), "ddp": type(trainer.model).__name__},
+         "world": comm.get_world_size(), "ddp": type(trainer.model).__name__, "mic_losses": recorded},
         os.path.join(out, f"rank{rank}.pth"),
     )
 
@@ -47,6 +61,14 @@ def test_two_process_gloo_mic_sada_keeps_one_teacher(source_only_run, tiny_pair,
     r1 = torch.load(tmp_path / "rank1.pth")
     assert r0["world"] == r1["world"] == 2
     assert r0["ddp"] == "DistributedDataParallel"
+    # MIC trained on both ranks at every step: a masked target forward with a
+    # non-zero classification and objectness loss (box regression weighted 0).
+    for rank, r in enumerate((r0, r1)):
+        assert len(r["mic_losses"]) == 6, rank
+        for losses in r["mic_losses"]:
+            assert 0 < losses["loss_cls_mic"] < float("inf"), (rank, losses)
+            assert 0 < losses["loss_rpn_cls_mic"] < float("inf"), (rank, losses)
+            assert losses["loss_box_reg_mic"] == 0.0
     start = torch.load(weights, map_location="cpu")["model"]
     for key in r0["teacher"]:
         torch.testing.assert_close(r0["teacher"][key], r1["teacher"][key], msg=f"teacher {key} differs across ranks")

@@ -1,14 +1,17 @@
-"""One MIC step in process: empty pseudo-labels, masked source, the teacher's coordinate frame."""
+"""One MIC step in process: empty pseudo-labels, masked source, the teacher's coordinate frame,
+pseudo-boxes on some images only, and what the masked student really receives."""
 import math
 
 import pytest
 import torch
 from detectron2.config import get_cfg
+from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from mic_det import add_mic_config
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer
+from mic_det.pseudo_labels import make_pseudo_labels
 
 from .conftest import REPO, TINY_OVERRIDES
 
@@ -130,3 +133,138 @@ def test_uncertain_teacher_boxes_are_logged_and_left_out_of_the_loss(tiny_pair, 
     assert logged["mic/uncertain_per_image"] > 0 and logged["mic/boxes_per_image"] > 0
     for name in ("loss_cls_mic", "loss_rpn_cls_mic"):
         assert math.isfinite(logged[name]) and logged[name] > 0
+
+
+# ------------------------------------------------- what reaches the masked student
+def _stub_teacher(step, boxes_for):
+    """Replace the teacher's pseudo-labels: one confident box on the images in ``boxes_for``.
+
+    The box goes through make_pseudo_labels, so the stub gives the real format.
+    """
+
+    def pseudo_label(target):
+        predictions = []
+        for i, x in enumerate(target):
+            h, w = x["image"].shape[-2:]
+            n = 1 if i in boxes_for else 0
+            predictions.append(
+                Instances(
+                    (h, w),
+                    pred_boxes=Boxes(torch.tensor([[10.0, 12.0, 70.0, 90.0]])[:n]),
+                    scores=torch.tensor([0.95])[:n],
+                    pred_classes=torch.tensor([1])[:n],
+                )
+            )
+        out = make_pseudo_labels(predictions, step.score_thresh, step.nms_thresh, step.ignore_thresh)
+        calls.append(out)
+        return out
+
+    calls = []
+    step.pseudo_label = pseudo_label
+    return calls
+
+
+def _spy_student(step):
+    """Record every student forward's inputs and every ImageList its preprocess_image makes."""
+    model = step.model
+    forwards, preprocessed = [], []
+    forward, preprocess = model.forward, model.preprocess_image
+
+    def spy_forward(batched_inputs, *args, **kwargs):
+        forwards.append(batched_inputs)
+        return forward(batched_inputs, *args, **kwargs)
+
+    def spy_preprocess(batched_inputs, *args, **kwargs):
+        images = preprocess(batched_inputs, *args, **kwargs)
+        preprocessed.append((batched_inputs, images))
+        return images
+
+    model.forward, model.preprocess_image = spy_forward, spy_preprocess
+    return forwards, preprocessed
+
+
+def _is_masked(inputs):
+    return all(x["instances"].has("gt_scores") for x in inputs if "instances" in x)
+
+
+def test_only_images_with_pseudo_boxes_reach_the_masked_student(tiny_pair, tmp_path):
+    """Teacher boxes on image 0 only: the masked forward sees image 0 and its boxes, nothing of image 1."""
+    trainer = _trainer(tiny_pair, tmp_path, "MIC.MASK_AUG.ENABLED", "False")
+    step = trainer._trainer
+    target = next(iter(step.target_loader))
+    assert len(target) == 2
+    pseudo_calls = _stub_teacher(step, boxes_for={0})
+    forwards, _ = _spy_student(step)
+    with EventStorage(0) as storage:
+        losses = step._mic_losses(target)
+        logged = {k: v.latest() for k, v in storage.histories().items()}
+
+    assert len(forwards) == 1
+    (masked,) = forwards
+    assert len(masked) == 1
+    pseudo = pseudo_calls[0]
+    assert len(pseudo[0]) == 1 and len(pseudo[1]) == 0
+    assert masked[0]["instances"] is pseudo[0]
+    torch.testing.assert_close(masked[0]["instances"].gt_image_quality, torch.tensor([0.95]))
+    # It is image 0 (masked): about half its pixels are image 0's, none need be image 1's.
+    image = masked[0]["image"]
+    assert image.shape == target[0]["image"].shape
+    same_as = [(image - x["image"].float()).abs().amax(dim=0).lt(1e-3).float().mean().item() for x in target]
+    assert 0.2 < same_as[0] < 0.8 and same_as[1] < same_as[0] - 0.1
+    assert logged["mic/frac_images_empty"] == 0.5
+    for name in ("loss_cls_mic", "loss_rpn_cls_mic"):
+        assert math.isfinite(losses[name].item()) and losses[name].item() > 0, name
+        assert losses[name].requires_grad
+    for name in ("loss_box_reg_mic", "loss_rpn_loc_mic"):
+        assert losses[name].item() == 0.0  # MIC.PSEUDO_BOX_REG_WEIGHT 0
+
+
+def test_hidden_blocks_reach_the_student_as_the_mean_colour(tiny_pair, tmp_path):
+    """End to end through a MIC step (no mask augmentation): hidden = PIXEL_MEAN, visible = input, padding kept.
+
+    Images of 120 x 150 in batches padded to 128 x 160 (FPN's size
+    divisibility 32), so the masked batch has padding to compare.
+    """
+    trainer = _trainer(tiny_pair, tmp_path, "MIC.MASK_AUG.ENABLED", "False", "INPUT.MIN_SIZE_TRAIN", "(120,)")
+    step = trainer._trainer
+    _stub_teacher(step, boxes_for={0, 1})
+    masks = []
+    generator = step.mask_generator
+
+    def recording_mask(*args, **kwargs):
+        masks.append(generator(*args, **kwargs))
+        return masks[-1]
+
+    step.mask_generator = recording_mask
+    forwards, preprocessed = _spy_student(step)
+    logged = _one_step(trainer)
+    assert math.isfinite(logged["loss_cls_mic"]) and logged["loss_cls_mic"] > 0
+
+    (mask,) = masks
+    masked_inputs = [f for f in forwards if _is_masked(f)]
+    assert len(masked_inputs) == 1 and len(masked_inputs[0]) == 2
+    masked_inputs = masked_inputs[0]
+    # preprocess_image calls: ..., the target view MIC masks, then the student's masked forward.
+    at = next(k for k, (inputs, _) in enumerate(preprocessed) if inputs is masked_inputs)
+    (target_in, unmasked), (_, masked) = preprocessed[at - 1], preprocessed[at]
+    assert unmasked.tensor.shape == masked.tensor.shape
+    mean = step.pixel_mean.view(3, 1, 1)
+    padded_h, padded_w = masked.tensor.shape[-2:]
+    for i, (h, w) in enumerate(masked.image_sizes):
+        assert (h, w) == tuple(unmasked.image_sizes[i]) and (h, w) != (padded_h, padded_w)
+        hidden = mask[i, 0, :h, :w] == 0
+        assert 0.2 < hidden.float().mean().item() < 0.8
+        # What the student is given, in pixel space.
+        pixels = masked_inputs[i]["image"]
+        original = target_in[i]["image"].float()
+        assert pixels.shape == original.shape == (3, h, w)
+        torch.testing.assert_close(pixels[:, hidden], mean.expand(3, h, w)[:, hidden], atol=1e-4, rtol=0)
+        torch.testing.assert_close(pixels[:, ~hidden], original[:, ~hidden], atol=1e-3, rtol=0)
+        # What its backbone gets: normalized 0 where hidden, the unmasked batch elsewhere.
+        assert bool((masked.tensor[i, :, :h, :w][:, hidden] == 0).all())
+        torch.testing.assert_close(
+            masked.tensor[i, :, :h, :w][:, ~hidden], unmasked.tensor[i, :, :h, :w][:, ~hidden], atol=1e-4, rtol=0
+        )
+        # Padding as in the unmasked batch, whatever the mask drew there.
+        assert torch.equal(masked.tensor[i, :, h:, :], unmasked.tensor[i, :, h:, :])
+        assert torch.equal(masked.tensor[i, :, :h, w:], unmasked.tensor[i, :, :h, w:])
