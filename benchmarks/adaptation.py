@@ -38,6 +38,7 @@ checkpoint, so re-running a command continues it.
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -97,6 +98,7 @@ class Budget:
     seeds: List[int]
     methods: List[str]
     overrides: List[str]
+    eval_period: int = 0
 
     @property
     def total(self) -> int:
@@ -130,6 +132,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--adapt-iters", type=int, default=1000, help="steps every method runs from it")
     p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
     p.add_argument("--methods", help=f"subset of {','.join(METHODS)} (default {FULL['methods']})")
+    p.add_argument("--eval-period", type=int, default=0,
+                   help="also evaluate every N adaptation steps (learning curves; the report uses the last)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
     p.add_argument("--cache-dir", default="output/bench_cache", help="shared source models")
     p.add_argument("--out-dir", default=None, help="runs (default output/bench_adaptation/<shift>)")
@@ -144,7 +148,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
         methods=[m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()],
-        overrides=overrides,
+        overrides=overrides, eval_period=args.eval_period,
     )
     unknown = [m for m in budget.methods if m not in METHODS]
     if unknown:
@@ -213,7 +217,9 @@ def adapt_command(method: str, seed: int, out: str, budget: Budget, source_dir: 
     opts = [
         "OUTPUT_DIR", out, "SEED", str(seed),
         "SOLVER.MAX_ITER", str(budget.total), "SOLVER.STEPS", f"({budget.lr_step},)",
-        "SOLVER.CHECKPOINT_PERIOD", str(budget.adapt_iters), "TEST.EVAL_PERIOD", str(budget.total),
+        "SOLVER.CHECKPOINT_PERIOD", str(budget.adapt_iters),
+        # Every eval_period steps of the adaptation (the period divides the source steps too), else once at the end.
+        "TEST.EVAL_PERIOD", str(math.gcd(budget.eval_period, budget.source_iters) if budget.eval_period else budget.total),
         "DATASETS.TEST", f"('{budget.target_val}','{SOURCE_VAL}')", "TEST.BEST_CHECKPOINT.ENABLED", "False",
         "MIC.BURN_IN_ITERS", str(budget.source_iters), "UDA.START_ITER", str(budget.source_iters),
     ]
