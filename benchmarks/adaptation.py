@@ -192,14 +192,29 @@ def dataset_info() -> Dict:
     return {"root": root, **(read_domain_pair_info(root) or {})}
 
 
+def source_model_key(config: str, opts: List[str]) -> str:
+    """What determines the source model: its config text, the options, and the labelled source split.
+
+    Only the clear training images enter (not the target splits), so adding a
+    shift to the built-in set keeps every cached source model valid.
+    """
+    info = dataset_info()
+    data = [info.get(k) for k in ("generator", "version", "seed", "height", "width")]
+    data.append((info.get("splits") or {}).get("source_train"))
+    with open(os.path.join(REPO, config)) as f:
+        text = f.read()
+    with open(os.path.join(REPO, "configs", "Base-CPU-R18-FPN.yaml")) as f:
+        text += f.read()
+    return hashlib.sha1(json.dumps([text, opts, data]).encode()).hexdigest()[:12]
+
+
 def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[int]) -> Dict:
     """Train (or find) the seed's source model; returns its run dir and wall time."""
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
             "SOLVER.CHECKPOINT_PERIOD", str(budget.source_iters), "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()"] + budget.overrides
     config = os.path.join("configs/synthetic", "source_only.yaml")  # the clear source, shared by every shift
-    key = hashlib.sha1(json.dumps([open(os.path.join(REPO, config)).read(), opts,
-                                   dataset_info().get("splits")]).encode()).hexdigest()[:12]
+    key = source_model_key(config, opts)
     out = os.path.join(cache_dir, f"source_seed{seed}_{budget.source_iters}_{key}")
     ckpt = os.path.join(out, budget.checkpoint)
     if os.path.isfile(ckpt) and os.path.isfile(os.path.join(out, "model_final.pth")):

@@ -171,15 +171,3 @@ def mask_ratio_drawn(mask: torch.Tensor, image_sizes: Sequence[Tuple[int, int]])
     hidden = (valid & (mask <= 0.5)).sum()
     return float(hidden) / float(num_valid)
 
-
-def __getattr__(name: str):
-    """``MaskAugmentation`` moved to :mod:`mic_det.augment`; old imports keep working.
-
-    Imported lazily, because :mod:`mic_det.augment` depends on torchvision and
-    the block mask does not.
-    """
-    if name == "MaskAugmentation":
-        from .augment import MaskAugmentation
-
-        return MaskAugmentation
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

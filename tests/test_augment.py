@@ -244,12 +244,6 @@ def test_from_config_and_the_reference_rates():
     assert (aug.color_jitter_prob, aug.blur_prob) == (0.3, 0.1)
 
 
-def test_old_import_path_still_works():
-    from mic_det.masking import MaskAugmentation as Old
-
-    assert Old is MaskAugmentation
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_augmentation_on_cuda():
     g = torch.Generator(device="cuda").manual_seed(0)

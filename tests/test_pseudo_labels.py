@@ -230,7 +230,8 @@ def test_core_modules_do_not_need_detectron2_compiled_ops():
         sys.modules["detectron2._C"] = None  # any import of it now raises ImportError
         import torch
         from detectron2.structures import Boxes, Instances
-        from mic_det.masking import BlockMaskGenerator, MaskAugmentation, apply_block_mask
+        from mic_det.augment import MaskAugmentation
+        from mic_det.masking import BlockMaskGenerator, apply_block_mask
         from mic_det.pseudo_labels import make_pseudo_labels, pseudo_label_stats
         from mic_det.teacher import EMATeacher
         mask = BlockMaskGenerator(4, 0.5)(1, 8, 8, "cpu")

@@ -252,3 +252,38 @@ def test_sada_continues_a_source_only_checkpoint_with_its_momentum(source_only_r
     assert 0 < restored < total
     last = [r for r in read_metrics(out) if "loss_da_img" in r][-1]
     assert last["iteration"] == 202 and last["loss_cls_mic"] >= 0.0
+
+
+def test_burn_in_evaluates_the_student_only_and_warns_about_a_full_lr_start(tiny_pair, tmp_path):
+    """During a burn-in the teacher is not a model yet: no teacher AP is reported until MIC starts.
+
+    This run also starts MIC with the lr still at SOLVER.BASE_LR (no step before
+    the burn-in ends), which the trainer must say at start-up.
+    """
+    out = tmp_path / "burn_in"
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/mic.yaml", "SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "()",
+         "SOLVER.WARMUP_ITERS", "0", "MIC.BURN_IN_ITERS", "3", "TEST.EVAL_PERIOD", "2",
+         "DATASETS.TEST", "('synthetic_foggy_val',)"],
+        out, tiny_pair,
+    )
+    assert "MIC starts at iteration 3 (MIC.BURN_IN_ITERS) with the learning rate at 100%" in proc.stdout + proc.stderr
+    evals = {r["iteration"]: r for r in _evals(read_metrics(out))}
+    assert "student/synthetic_foggy_val/bbox/AP50" in evals[1]
+    assert not any(k.startswith("teacher/") for k in evals[1])  # iteration 2 < burn-in 3
+    assert "teacher/synthetic_foggy_val/bbox/AP50" in evals[max(evals)]
+
+
+def test_the_shipped_mic_schedule_starts_mic_at_a_tenth_of_the_lr():
+    from detectron2.config import get_cfg
+    from detectron2.solver import build_lr_scheduler
+
+    from mic_det import add_mic_config
+
+    for path in ("configs/synthetic/mic.yaml", "configs/synthetic/mic_sada.yaml", "configs/synthetic/sada.yaml"):
+        cfg = add_mic_config(get_cfg())
+        cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), path))
+        start = cfg.MIC.BURN_IN_ITERS if cfg.MIC.ENABLED else cfg.UDA.START_ITER
+        assert start > 0 and all(s < start for s in cfg.SOLVER.STEPS), path
+        sched = build_lr_scheduler(cfg, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR))
+        assert sched._multiplier(start / cfg.SOLVER.MAX_ITER) == pytest.approx(0.1), path
