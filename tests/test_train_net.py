@@ -239,7 +239,7 @@ def test_sada_continues_a_source_only_checkpoint_with_its_momentum(source_only_r
     (out / "last_checkpoint").write_text("model_final.pth")
     proc = run_train_net(
         ["--config-file", "configs/synthetic/mic_sada.yaml", "--resume",
-         "SOLVER.MAX_ITER", "203", "SOLVER.STEPS", "(180,)", "MIC.BURN_IN_ITERS", "200",
+         "SOLVER.MAX_ITER", "203", "SOLVER.STEPS", "(180,)", "MIC.BURN_IN_ITERS", "200", "UDA.START_ITER", "200",
          "MIC.PSEUDO_SCORE_THRESH", "0.3", "DATASETS.TRAIN_TARGET", "('synthetic_clear_train',)",
          "DATASETS.TEST", "()"],
         out, tiny_pair,
