@@ -1,18 +1,25 @@
-"""The built-in procedural clear -> foggy domain pair."""
+"""The built-in procedural domains: clear -> foggy and clear -> night, generated on first use."""
 import filecmp
 import importlib.util
 import json
+import logging
+import multiprocessing
 import os
 
 import cv2
 import numpy as np
 import pytest
 
+from mic_det.data.low_light import LowLight
 from mic_det.data.synthetic import (
+    DEFAULT_NIGHT,
+    NIGHT_SPLITS,
     SPLITS,
     SYNTHETIC_CLASSES,
+    ensure_synthetic_set,
     generate_scene,
     read_domain_pair_info,
+    read_night_info,
     register_synthetic_pair,
     write_domain_pair,
 )
@@ -145,15 +152,18 @@ def test_fog_lowers_contrast_most_for_far_objects():
 
 def test_written_pair_layout(pair):
     root, jsons = pair
-    assert set(jsons) == set(SPLITS)
+    assert set(jsons) == set(SPLITS) | set(NIGHT_SPLITS)
     info = read_domain_pair_info(root)
     assert info is not None and info["splits"]["source_train"] == 3 and info["beta"] > 0
-    for split in SPLITS:
+    night = read_night_info(root, info)
+    assert night is not None and night["splits"] == {"night_train": 3, "night_val": 2}
+    assert night["night"] == DEFAULT_NIGHT.as_dict()
+    for split in SPLITS + NIGHT_SPLITS:
         with open(jsons[split]) as f:
             coco = json.load(f)
         assert [c["id"] for c in coco["categories"]] == [1, 2, 3, 4, 5, 6]
         assert [c["name"] for c in coco["categories"]] == list(SYNTHETIC_CLASSES)
-        assert len(coco["images"]) == TINY["num_" + split]
+        assert len(coco["images"]) == TINY["num_" + split.replace("night", "target")]
         assert len(coco["annotations"]) >= 2 * len(coco["images"])
         for im in coco["images"]:
             assert os.path.isfile(os.path.join(root, split, im["file_name"]))
@@ -207,26 +217,142 @@ def test_registration_round_trips_through_the_catalog(pair):
 
     root, _ = pair
     names = register_synthetic_pair(root, prefix="t_synth")
-    assert names == ["t_synth_clear_train", "t_synth_clear_val", "t_synth_foggy_train", "t_synth_foggy_val"]
-    counts = dict(zip(names, [3, 2, 3, 2]))
+    assert names == ["t_synth_clear_train", "t_synth_clear_val", "t_synth_foggy_train", "t_synth_foggy_val",
+                     "t_synth_night_train", "t_synth_night_val"]
+    counts = dict(zip(names, [3, 2, 3, 2, 3, 2]))
     for name in names:
         records = DatasetCatalog.get(name)
         assert len(records) == counts[name]
         meta = MetadataCatalog.get(name)
         assert list(meta.thing_classes) == list(SYNTHETIC_CLASSES)
-        assert meta.domain == ("clear" if "clear" in name else "foggy")
+        assert meta.domain == name.split("_")[2]
         for r in records:
             assert os.path.isfile(r["file_name"]) and (r["height"], r["width"]) == (H, W)
             assert r["annotations"]
             assert all(0 <= a["category_id"] < 6 for a in r["annotations"])
 
 
-def test_missing_pair_says_how_to_make_it(tmp_path):
+def test_night_scenes_are_the_target_scenes_at_night(pair):
+    """Image i of night_train is image i of target_train: same boxes, darker pixels."""
+    root, jsons = pair
+    for night_split, target_split in (("night_train", "target_train"), ("night_val", "target_val")):
+        with open(jsons[night_split]) as f, open(jsons[target_split]) as g:
+            night, target = json.load(f), json.load(g)
+        assert night["annotations"] == target["annotations"]
+        clear = [generate_scene(np.random.default_rng([0, SPLITS.index(target_split), i]), H, W)[0]
+                 for i in range(len(night["images"]))]
+        dark = [cv2.imread(os.path.join(root, night_split, im["file_name"]))[:, :, ::-1] for im in night["images"]]
+        assert np.mean([d.mean() for d in dark]) < 0.6 * np.mean([c.mean() for c in clear])
+
+
+def test_without_generation_a_missing_set_says_how_to_make_it(tmp_path):
     from detectron2.data import DatasetCatalog
 
-    names = register_synthetic_pair(str(tmp_path / "nothing"), prefix="t_missing")
+    names = register_synthetic_pair(str(tmp_path / "nothing"), prefix="t_missing", generate=False)
     with pytest.raises(FileNotFoundError, match="make_synthetic.py --root"):
         DatasetCatalog.get(names[0])
+    assert not os.path.exists(tmp_path / "nothing")
+
+
+SMALL = dict(num_source_train=2, num_source_val=1, num_target_train=2, num_target_val=1, height=48, width=64)
+
+
+@pytest.fixture
+def log_lines(caplog):
+    caplog.set_level(logging.INFO, logger="mic_det.data.synthetic")
+    return lambda: [r.getMessage() for r in caplog.records]
+
+
+def test_loading_a_missing_set_generates_it_once(tmp_path, log_lines):
+    from detectron2.data import DatasetCatalog
+
+    root = tmp_path / "fresh"
+    names = register_synthetic_pair(str(root), prefix="t_fresh", params=SMALL)
+    records = DatasetCatalog.get("t_fresh_clear_train")
+    assert len(records) == 2 and all(os.path.isfile(r["file_name"]) for r in records)
+    generated = [m for m in log_lines() if "generating it now" in m]
+    assert len(generated) == 1 and str(root) in generated[0]
+    assert read_domain_pair_info(str(root))["splits"]["source_train"] == 2
+    assert read_night_info(str(root)) is not None  # the whole set, night included
+    stamp = os.path.getmtime(root / "info.json")
+    for name in names:
+        assert DatasetCatalog.get(name)
+    assert os.path.getmtime(root / "info.json") == stamp
+    assert len([m for m in log_lines() if "generating" in m]) == 1
+    assert any("Using the built-in synthetic set" in m and "[not the defaults]" in m for m in log_lines())
+
+
+def test_a_complete_set_is_used_whatever_its_parameters(tmp_path, log_lines):
+    root = str(tmp_path / "other")
+    write_domain_pair(root, seed=4, beta=0.07, night=None, **SMALL)
+    stamp = os.path.getmtime(os.path.join(root, "info.json"))
+    pair, night = ensure_synthetic_set(root, params=dict(SMALL, beta=0.01))
+    assert pair["beta"] == 0.07 and pair["seed"] == 4 and night is None
+    assert os.path.getmtime(os.path.join(root, "info.json")) == stamp
+    assert not any("generating" in m for m in log_lines())
+    assert any("beta 0.07" in m for m in log_lines())
+
+
+def test_missing_night_splits_are_added_for_the_sets_own_scenes(tmp_path, log_lines):
+    root = str(tmp_path / "no_night")
+    write_domain_pair(root, seed=4, night=None, **SMALL)
+    before = {s: sorted(os.listdir(os.path.join(root, s))) for s in SPLITS}
+    stamps = {(s, n): os.path.getmtime(os.path.join(root, s, n)) for s in SPLITS for n in before[s]}
+    pair, night = ensure_synthetic_set(root, night=True)
+    assert night is not None and night["seed"] == 4 and night["splits"] == {"night_train": 2, "night_val": 1}
+    assert any("no night splits: generating them now" in m for m in log_lines())
+    assert not any("not in" in m for m in log_lines())
+    for s in SPLITS:  # the clear and foggy images were not touched
+        for n in before[s]:
+            assert os.path.getmtime(os.path.join(root, s, n)) == stamps[s, n]
+    reference = str(tmp_path / "reference")
+    write_domain_pair(reference, seed=4, **SMALL)
+    assert _same_file(os.path.join(root, "night_val", "000000.png"), os.path.join(reference, "night_val", "000000.png"))
+
+
+def test_a_damaged_set_is_redrawn_with_its_own_parameters(tmp_path, log_lines):
+    root = str(tmp_path / "damaged")
+    write_domain_pair(root, seed=5, beta=0.06, night=LowLight(exposure=0.3), **SMALL)
+    os.remove(os.path.join(root, "source_val", "000000.png"))
+    os.remove(os.path.join(root, "night_val", "000000.png"))
+    pair, night = ensure_synthetic_set(root, night=True)
+    assert (pair["seed"], pair["beta"], night["night"]["exposure"]) == (5, 0.06, 0.3)
+    assert os.path.isfile(os.path.join(root, "source_val", "000000.png"))
+    assert any("generating it now" in m for m in log_lines())
+
+
+def test_generation_refuses_a_folder_with_other_files(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="holiday.jpg"):
+        ensure_synthetic_set(str(root), params=SMALL)
+    assert sorted(os.listdir(root)) == [".generate.lock", "holiday.jpg"]
+
+
+def _load_in_child(root, queue):
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda r: records.append(r.getMessage())
+    log = logging.getLogger("mic_det.data.synthetic")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    ensure_synthetic_set(root, night=True, params=SMALL)
+    queue.put(sum("generating it now" in m for m in records))
+
+
+def test_two_processes_loading_at_once_generate_once(tmp_path):
+    root = str(tmp_path / "race")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_load_in_child, args=(root, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    assert sorted(queue.get(timeout=5) for _ in procs) == [0, 1]
+    assert read_night_info(root, read_domain_pair_info(root)) is not None
 
 
 def _cli():
@@ -254,3 +380,23 @@ def test_cli_reuses_refuses_and_overwrites(tmp_path, capsys):
     assert read_domain_pair_info(root)["beta"] == 0.07
     os.remove(os.path.join(root, "source_train", "000001.png"))  # a damaged set is not reused
     assert read_domain_pair_info(root) is None
+
+
+def test_cli_night_options(tmp_path, capsys):
+    main = _cli().main
+    root = str(tmp_path / "cli_night")
+    args = ["--root", root, "--height", "48", "--width", "64", "--workers", "0", "--num-source-train", "1",
+            "--num-source-val", "1", "--num-target-train", "1", "--num-target-val", "1"]
+    assert main(args + ["--no-night"]) == 0
+    assert read_night_info(root) is None
+    assert main(args + ["--night-exposure", "0.1"]) == 0  # the same pair: night splits added
+    assert "Added night splits" in capsys.readouterr().out
+    assert read_night_info(root)["night"]["exposure"] == 0.1
+    assert main(args + ["--night-exposure", "0.1"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert main(args) == 1  # other night parameters
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite", "--night-read-noise", "6"]) == 0
+    assert read_night_info(root)["night"]["read_noise"] == 6.0
+    with pytest.raises(SystemExit):
+        main(args + ["--night-lamp-distance", "0"])
