@@ -2,8 +2,9 @@
 
 Importing this package registers, without reading the disk: the real DAOD
 benchmarks (Cityscapes, Foggy Cityscapes, Sim10k, KITTI, BDD100k; see
-``datasets/README.md``) and the built-in synthetic clear -> foggy pair under
-``$DETECTRON2_DATASETS/mic_synthetic`` (``synthetic_{clear,foggy}_{train,val}``).
+``datasets/README.md``) and the built-in synthetic domains under
+``$DETECTRON2_DATASETS/mic_synthetic`` (``synthetic_{clear,foggy,night}_{train,val}``:
+a clear source and two shifts, drawn on first use).
 """
 from . import builtin  # noqa: F401  (registers the real benchmarks)
 from .domains import register_coco_domain, register_image_folder
