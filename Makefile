@@ -1,7 +1,7 @@
 # mic_det: every target creates the project-local environment first (.venv/).
 #   make            the environment (torch 2.3.1, Detectron2 wheel, mic_det -e)
-#   make demo       built-in clear -> foggy pair: source-only vs MIC, AP table
-#                   (DEMO_ARGS="--iters 3000 --burn-in 2000": the longer schedule)
+#   make demo       built-in clear -> foggy pair: one source model, then MIC and its matched
+#                   control from it, 1000 + 500 steps (DEMO_ARGS="--source-iters 2000 --adapt-iters 1000": the configs')
 #   make test       the test suite
 #   make bench      both benchmarks (accuracy, speed); see BENCHMARKS.md
 
