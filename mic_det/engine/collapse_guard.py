@@ -25,7 +25,7 @@ The guard watches three per-step signals that the MIC step logs
 
 A teacher that never gives any pseudo-label is not a collapse (nothing is
 being learnt from it) but a waste of compute: the guard warns every
-``WINDOW`` steps while it lasts, with the teacher's top score and the knobs.
+5 x ``WINDOW`` steps while it lasts, with the teacher's top score and the knobs.
 
 On a collapse, ``ACTION`` decides: ``rollback`` (default) restores student,
 teacher and optimizer from the last snapshot taken at least one window before
@@ -183,7 +183,7 @@ class CollapseGuard(HookBase):
         self._on_collapse(reason, it)
 
     def _watch_empty(self, pseudo: float, it: int) -> None:
-        """Warn, every window, while the teacher gives no pseudo-label at all."""
+        """Warn every five windows (100 steps by default) while the teacher gives no pseudo-label at all."""
         top = self._latest("guard/teacher_top_score")
         if top is not None:
             self._top_score = top
