@@ -121,8 +121,9 @@ def main(argv=None) -> int:
     from pycocotools.cocoeval import COCOeval
 
     from mic_det.data import register_coco_domain
-    from mic_det.evaluation import DomainDetectionEvaluator, voc_ap50_per_class
-    from mic_det.evaluation import reports
+    from mic_det.detection.evaluator import DomainDetectionEvaluator
+    from mic_det.detection.voc import voc_ap50_per_class
+    from mic_det.detection import reports
 
     logging.getLogger("detectron2").setLevel(logging.WARNING)
     fast_built = COCOeval_opt is not COCOeval

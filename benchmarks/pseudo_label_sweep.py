@@ -14,7 +14,7 @@ target-train labels without ever looking at target val.
 Boxes are compared in original image coordinates, after the same class-wise
 NMS as training (``MIC.PSEUDO_NMS_THRESH``); a box is right when it matches a
 free label box of its class with IoU >= 0.5 (see
-:func:`mic_det.pseudo_labels.pseudo_label_quality`).
+:func:`mic_det.detection.pseudo_labels.pseudo_label_quality`).
 
 Example::
 
@@ -33,7 +33,7 @@ DEFAULT_THRESHOLDS = "0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 
 def sweep(predictions: Sequence, labels: Sequence, thresholds: Sequence[float], nms_thresh: float) -> List[Dict]:
     """Pooled precision / recall / F1 / boxes per image of ``predictions`` at each threshold."""
-    from mic_det.pseudo_labels import make_pseudo_labels, pseudo_label_quality
+    from mic_det.detection.pseudo_labels import make_pseudo_labels, pseudo_label_quality
 
     rows = []
     for t in thresholds:

@@ -5,7 +5,7 @@ datasets with Detectron2's registries, the way Detectron2 projects do.
 """
 from .config import add_mic_config
 from . import data  # noqa: F401  (registers datasets)
-from . import modeling  # noqa: F401  (registers DomainAdaptiveRCNN, MICRPN, MICROIHeads)
+from . import detection  # noqa: F401  (registers DetectionTask, DomainAdaptiveRCNN, MICRPN, MICROIHeads)
 
 __version__ = "0.1.0"
 __all__ = ["add_mic_config"]

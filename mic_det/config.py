@@ -14,6 +14,12 @@ def add_mic_config(cfg: CN) -> CN:
     """Add mic_det's keys to ``cfg`` in place (and return it for chaining)."""
     _C = cfg
 
+    # The task the MIC engine trains: the class name of a task registered in
+    # mic_det.engine.MIC_TASK_REGISTRY (each task package registers its own).
+    # It picks the dataset mappers, the pseudo-labels and the evaluator;
+    # MODEL.META_ARCHITECTURE still picks the network.
+    _C.MODEL.TASK = "DetectionTask"
+
     # ---------------------------------------------------------------- datasets
     # Unlabelled target-domain stream(s). Annotations, if the set has any, are
     # never read for training.

@@ -20,8 +20,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from mic_det import add_mic_config
-from mic_det.modeling import DomainAlignment, grad_reverse
-from mic_det.modeling.domain_alignment import grad_scale
+from mic_det.detection.modeling import DomainAlignment, grad_reverse
+from mic_det.detection.modeling.domain_alignment import grad_scale
 
 from .conftest import REPO
 

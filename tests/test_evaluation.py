@@ -21,14 +21,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from mic_det.data import register_coco_domain
-from mic_det.evaluation import (
-    DomainDetectionEvaluator,
-    build_evaluator,
-    mean_ap,
-    per_class_table,
-    voc_ap,
-    voc_ap50_per_class,
-)
+from mic_det.detection import DomainDetectionEvaluator, build_evaluator
+from mic_det.detection.reports import per_class_table
+from mic_det.detection.voc import mean_ap, voc_ap, voc_ap50_per_class
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,6 +2,8 @@
 pseudo-boxes on some images only, and what the masked student really receives."""
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from detectron2.config import get_cfg
@@ -11,7 +13,6 @@ from detectron2.utils.events import EventStorage
 from mic_det import add_mic_config
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer
-from mic_det.pseudo_labels import make_pseudo_labels
 
 from .conftest import REPO, TINY_OVERRIDES
 
@@ -128,7 +129,7 @@ def test_uncertain_teacher_boxes_are_logged_and_left_out_of_the_loss(tiny_pair, 
         scores = torch.cat([p.gt_scores for p in step.pseudo_label(target)]).sort().values
     assert len(scores) > 4
     # Half of the teacher's boxes confident, the rest uncertain.
-    step.score_thresh, step.ignore_thresh = float(scores[len(scores) // 2]), 0.0
+    step.task.score_thresh, step.task.ignore_thresh = float(scores[len(scores) // 2]), 0.0
     logged = _one_step(trainer)
     assert logged["mic/uncertain_per_image"] > 0 and logged["mic/boxes_per_image"] > 0
     for name in ("loss_cls_mic", "loss_rpn_cls_mic"):
@@ -139,7 +140,7 @@ def test_uncertain_teacher_boxes_are_logged_and_left_out_of_the_loss(tiny_pair, 
 def _stub_teacher(step, boxes_for):
     """Replace the teacher's pseudo-labels: one confident box on the images in ``boxes_for``.
 
-    The box goes through make_pseudo_labels, so the stub gives the real format.
+    The box goes through the detection task's own thresholding and quality, so the stub gives the real format.
     """
 
     def pseudo_label(target):
@@ -155,7 +156,7 @@ def _stub_teacher(step, boxes_for):
                     pred_classes=torch.tensor([1])[:n],
                 )
             )
-        out = make_pseudo_labels(predictions, step.score_thresh, step.nms_thresh, step.ignore_thresh)
+        out = step.task.to_pseudo_labels(predictions)
         calls.append(out)
         return out
 
@@ -268,3 +269,26 @@ def test_hidden_blocks_reach_the_student_as_the_mean_colour(tiny_pair, tmp_path)
         # Padding as in the unmasked batch, whatever the mask drew there.
         assert torch.equal(masked.tensor[i, :, h:, :], unmasked.tensor[i, :, h:, :])
         assert torch.equal(masked.tensor[i, :, :h, w:], unmasked.tensor[i, :, :h, w:])
+
+
+def test_tensorboard_gets_the_pseudo_label_panels_and_teacher_scores(tiny_pair, tmp_path):
+    """VIS_PERIOD steps: teacher boxes | masked view | student on it, side by side; score plot with delta."""
+    from mic_det.detection.visualize import PANELS_NAME, SCORES_NAME
+
+    trainer = _trainer(tiny_pair, tmp_path, "VIS_PERIOD", "1", "MIC.MASK_AUG.ENABLED", "False")
+    step = trainer._trainer
+    target = next(iter(step.target_loader))
+    with EventStorage(0) as storage:
+        step.storage = storage
+        step.iter = 0
+        step.task.pseudo_label(step.teacher.model, target)  # the real teacher's scores
+        _stub_teacher(step, boxes_for={0})  # a pseudo-box for sure, to draw
+        step.run_step()
+        images = {name: img for name, img, _ in storage._vis_data}
+    panels = images[PANELS_NAME]
+    h, w = target[0]["image"].shape[-2:]
+    assert panels.shape == (3, h, 3 * w) and panels.dtype == np.uint8
+    assert panels[:, :, :w].std() > 0 and panels[:, :, w : 2 * w].std() > 0
+    scores = images[SCORES_NAME]
+    assert scores.shape[0] == 3 and scores.shape[1] > 100
+    assert step.model.training  # the student is back in training mode after drawing

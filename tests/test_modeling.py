@@ -10,8 +10,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from mic_det import add_mic_config
-from mic_det.modeling import MICRPN, MICFastRCNNOutputLayers
-from mic_det.modeling.quality_weight import attach_image_quality, image_quality
+from mic_det.detection.modeling import MICRPN, MICFastRCNNOutputLayers
+from mic_det.detection.modeling.quality_weight import attach_image_quality, image_quality
 
 
 def _cfg(**mic):

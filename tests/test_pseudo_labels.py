@@ -10,7 +10,7 @@ import torch
 
 from detectron2.structures import Boxes, Instances
 
-from mic_det.pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
+from mic_det.detection.pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
 
 IMAGE_SIZE = (100, 200)  # (height, width) of the network input
 
@@ -232,7 +232,7 @@ def test_core_modules_do_not_need_detectron2_compiled_ops():
         from detectron2.structures import Boxes, Instances
         from mic_det.augment import MaskAugmentation
         from mic_det.masking import BlockMaskGenerator, apply_block_mask
-        from mic_det.pseudo_labels import make_pseudo_labels, pseudo_label_stats
+        from mic_det.detection.pseudo_labels import make_pseudo_labels, pseudo_label_stats
         from mic_det.teacher import EMATeacher
         mask = BlockMaskGenerator(4, 0.5)(1, 8, 8, "cpu")
         aug = MaskAugmentation([100.0] * 3, [50.0] * 3, 1.0, 0.2, 1.0)

@@ -21,7 +21,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from mic_det import add_mic_config
-from mic_det.modeling import MICRPN, MICFastRCNNOutputLayers
+from mic_det.detection.modeling import MICRPN, MICFastRCNNOutputLayers
 
 BATCH_SIZE_PER_IMAGE = 4  # Detectron2's RPN normalizer: BATCH_SIZE_PER_IMAGE x images
 

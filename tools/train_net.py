@@ -27,6 +27,7 @@ from mic_det.data.checks import check_domain_classes
 from mic_det.data.cli import add_domain_arguments, register_domains_from_args
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
+from mic_det.engine.checkpoint_hooks import TrainingInterrupted
 from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint
 
 logger = logging.getLogger("mic_det")
@@ -93,7 +94,10 @@ def main(args):
         return eval_only(cfg)
     trainer = MICTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except TrainingInterrupted as e:  # the log says which checkpoint to --resume from
+        raise SystemExit(128 + e.signum) from None
 
 
 def build_parser():

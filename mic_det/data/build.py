@@ -5,15 +5,13 @@ continues each stream where the interrupted run stopped instead of replaying
 it from the start (Detectron2's own loaders restart their streams).
 """
 import itertools
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 from torch.utils.data import Sampler
-
-from .mapper import DomainDatasetMapper
 
 __all__ = ["ResumableSampler", "build_source_loader", "build_target_loader", "target_batch_size"]
 
@@ -54,14 +52,13 @@ def _loader(kwargs: dict):
     return loader
 
 
-def build_source_loader(cfg: CfgNode, dataset: Optional[list] = None):
-    """Detectron2's train loader over ``DATASETS.TRAIN``, skipping unreadable images."""
-    mapper = DomainDatasetMapper(cfg, is_train=True, labelled=True)
+def build_source_loader(cfg: CfgNode, mapper: Callable, dataset: Optional[list] = None):
+    """Detectron2's train loader over ``DATASETS.TRAIN`` through the task's labelled ``mapper``."""
     return _loader(_train_loader_from_config(cfg, mapper=mapper, dataset=dataset))
 
 
-def build_target_loader(cfg: CfgNode):
-    """Loader over ``DATASETS.TRAIN_TARGET``: same augmentation, no labels.
+def build_target_loader(cfg: CfgNode, mapper: Callable):
+    """Loader over ``DATASETS.TRAIN_TARGET`` through the task's unlabelled ``mapper`` (no labels).
 
     Images are never dropped for having no annotations (the target is
     unlabelled by assumption), unlike Detectron2's FILTER_EMPTY_ANNOTATIONS.
@@ -69,7 +66,6 @@ def build_target_loader(cfg: CfgNode):
     if not cfg.DATASETS.TRAIN_TARGET:
         raise ValueError("MIC.ENABLED / UDA.ENABLED need DATASETS.TRAIN_TARGET (the unlabelled target set)")
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN_TARGET, filter_empty=False)
-    mapper = DomainDatasetMapper(cfg, is_train=True, labelled=False)
     kwargs = _train_loader_from_config(cfg, mapper=mapper, dataset=dicts, sampler=TrainingSampler(len(dicts)))
     kwargs["total_batch_size"] = target_batch_size(cfg)
     return _loader(kwargs)

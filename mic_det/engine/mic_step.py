@@ -1,39 +1,38 @@
-"""One MIC training step: source losses, teacher pseudo-labels, masked target losses, EMA.
+"""One MIC training step, for any task: source losses, teacher pseudo-labels, masked target losses, EMA.
 
 ::
 
     source batch --> student --> supervised losses (+ domain losses with the target batch)
-    target batch --> teacher (eval, no_grad) --> pseudo-boxes (NMS, >= delta, input frame)
-                \\--> normalize --> augment --> block mask --> student(pseudo-boxes) --> *_mic losses
+    target batch --> teacher (eval, no_grad) --> task.pseudo_label --> pseudo-targets + quality
+                \\--> task.preprocess --> augment --> block mask --> task.masked_inputs
+                     --> student(masked view, pseudo-targets) --> *_mic losses
     sum --> backward --> optimizer step --> EMA update of the teacher
+
+What is task-specific (pseudo-targets, where they go in the input, the
+guard's source signals) is asked of the :class:`~mic_det.engine.task.MICTask`.
 """
 import contextlib
 import logging
 import time
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer, TrainerBase
-from detectron2.structures import Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..data.build import target_batch_size
 from ..augment import MaskAugmentation
+from ..data.build import target_batch_size
 from ..masking import BlockMaskGenerator, apply_block_mask, mask_ratio_drawn
-from ..modeling.quality_weight import attach_image_quality
-from ..pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
 from ..teacher import EMATeacher, unwrap_model
 from ..utils import set_torch_rng_states
 from .optimizer_state import optimizer_param_names, remap_optimizer_state
+from .task import MICTask, build_task
 
-__all__ = ["MICStep", "DETECTION_LOSS_NAMES"]
+__all__ = ["MICStep"]
 
 logger = logging.getLogger(__name__)
-
-# Losses of one plain Faster R-CNN forward; the masked streams carry them with a suffix.
-DETECTION_LOSS_NAMES = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
 
 
 class MICStep(SimpleTrainer):
@@ -46,6 +45,7 @@ class MICStep(SimpleTrainer):
             ``target_loader`` may be None when neither MIC nor UDA is on.
         optimizer: the student's optimizer.
         teacher: the EMA teacher (None when MIC is off).
+        task: what is task-specific (default: the task ``MODEL.TASK`` names).
     """
 
     def __init__(
@@ -56,9 +56,11 @@ class MICStep(SimpleTrainer):
         target_loader: Optional[Iterable],
         optimizer: torch.optim.Optimizer,
         teacher: Optional[EMATeacher] = None,
+        task: Optional[MICTask] = None,
     ):
         super().__init__(model, source_loader, optimizer)
         self.cfg = cfg
+        self.task = task if task is not None else build_task(cfg)
         self.target_loader = target_loader
         self._target_iter = None
         self.teacher = teacher
@@ -73,9 +75,6 @@ class MICStep(SimpleTrainer):
         self.burn_in_iters = mic.BURN_IN_ITERS
         self.ema_alpha = mic.EMA_ALPHA
         self.loss_weight = mic.LOSS_WEIGHT
-        self.score_thresh = mic.PSEUDO_SCORE_THRESH
-        self.nms_thresh = mic.PSEUDO_NMS_THRESH
-        self.ignore_thresh = mic.PSEUDO_IGNORE_THRESH  # off when >= delta (make_pseudo_labels)
         self.mask_source = mic.MASK_SOURCE
         self.log_quality = mic.LOG_PSEUDO_LABEL_QUALITY
         self.mask_generator = BlockMaskGenerator(mic.MASK_BLOCK_SIZE, mic.MASK_RATIO)
@@ -196,9 +195,9 @@ class MICStep(SimpleTrainer):
             else:
                 loss_dict = self.model(source)
             if self.mic_enabled:
-                self._log_source_signals(source)
+                self.task.log_source_signals(source, get_event_storage())
             if self.mask_source and self.mic_active:
-                loss_dict.update(self._masked_losses(source, [x["instances"] for x in source], "_masked_src"))
+                loss_dict.update(self._masked_losses(source, self.task.source_targets(source), "_masked_src"))
             if self.mic_active:
                 loss_dict.update(self._mic_losses(target))
             losses = sum(loss_dict.values())
@@ -228,56 +227,34 @@ class MICStep(SimpleTrainer):
                 get_event_storage().put_scalar(f"data/skipped_images_{name}", skipped, smoothing_hint=False)
 
     # -------------------------------------------------------------------- MIC
-    def _log_source_signals(self, source: List[Dict]) -> None:
-        """What the collapse guard watches on the labelled stream (``guard/*``).
-
-        The source forward has just logged the RoI head's foreground accuracy;
-        the masked forward would overwrite it, so it is copied under its own
-        name here, with the labelled objects per image the teacher's count is
-        compared with.
-        """
-        storage = get_event_storage()
-        acc = storage.latest().get("fast_rcnn/fg_cls_accuracy")
-        if acc is not None and acc[1] == storage.iter:
-            storage.put_scalar("guard/source_accuracy", acc[0])
-        objects = sum(len(x["instances"]) for x in source if "instances" in x) / max(len(source), 1)
-        storage.put_scalar("guard/source_objects_per_image", objects)
-
-    @torch.no_grad()
-    def pseudo_label(self, target: List[Dict]) -> List[Instances]:
-        """Teacher boxes on the unmasked target view, in network-input coordinates.
-
-        Also logs the teacher's top score (before any threshold): when no box
-        passes, it says how far the teacher is from giving one.
-        """
-        predictions = self.teacher.model.inference(target, do_postprocess=False)
-        top = max((float(p.scores.max()) for p in predictions if p.has("scores") and len(p)), default=0.0)
-        get_event_storage().put_scalar("guard/teacher_top_score", top, smoothing_hint=False)
-        return make_pseudo_labels(predictions, self.score_thresh, self.nms_thresh, self.ignore_thresh)
+    def pseudo_label(self, target: List[Dict]) -> List[Any]:
+        """The teacher's pseudo-targets for the unmasked target batch (see :meth:`MICTask.pseudo_label`)."""
+        with torch.no_grad():
+            return self.task.pseudo_label(self.teacher.model, target)
 
     def _mic_losses(self, target: List[Dict]) -> Dict[str, torch.Tensor]:
         pseudo = self.pseudo_label(target)
         storage = get_event_storage()
-        stats = pseudo_label_stats(pseudo)
+        stats = self.task.pseudo_label_stats(pseudo)
         storage.put_scalars(**{f"mic/{k}": v for k, v in stats.items()})
-        storage.put_scalar("guard/pseudo_per_image", stats["boxes_per_image"], smoothing_hint=False)
+        storage.put_scalar("guard/pseudo_per_image", stats[self.task.pseudo_count_stat], smoothing_hint=False)
         if self.log_quality:
-            self._log_pseudo_label_quality(target, pseudo)
-        # An image counts when the teacher is sure of at least one box in it.
-        keep = [i for i, p in enumerate(pseudo) if len(split_uncertain(p)[0]) > 0]
+            quality = self.task.pseudo_label_quality(target, pseudo)
+            if quality is not None:
+                storage.put_scalars(**{f"mic/pseudo_{k}": v for k, v in quality.items()}, smoothing_hint=False)
+        keep = [i for i, p in enumerate(pseudo) if self.task.has_pseudo_label(p)]
         if not keep:
-            # Images without pseudo-boxes are left out; with none left the MIC
+            # Images without pseudo-labels are left out; with none left the MIC
             # loss is exactly zero (never NaN) and the step is a source step.
             zero = self.pixel_mean.new_zeros(())
-            return {f"{k}_mic": zero for k in DETECTION_LOSS_NAMES}
-        targets = attach_image_quality([pseudo[i] for i in keep])
-        return self._masked_losses([target[i] for i in keep], targets, "_mic")
+            return {f"{k}_mic": zero for k in self.task.loss_names}
+        return self._masked_losses([target[i] for i in keep], [pseudo[i] for i in keep], "_mic")
 
-    def _masked_losses(self, inputs: List[Dict], targets: List[Instances], suffix: str) -> Dict[str, torch.Tensor]:
+    def _masked_losses(self, inputs: List[Dict], targets: List[Any], suffix: str) -> Dict[str, torch.Tensor]:
         """Student losses on block-masked copies of ``inputs`` against ``targets``."""
         student = unwrap_model(self.model)
         with torch.no_grad():
-            images = student.preprocess_image(inputs)
+            images = self.task.preprocess(student, inputs)
             tensor = images.tensor
             if self.mask_augmentation is not None:
                 tensor = self.mask_augmentation(tensor, images.image_sizes)
@@ -286,17 +263,10 @@ class MICStep(SimpleTrainer):
             # Back to pixel space: the student normalises its inputs itself, so
             # the masked view enters through the same (DDP-wrapped) forward.
             pixels = tensor * self.pixel_std + self.pixel_mean
-        get_event_storage().put_scalar(f"mic/mask_ratio{suffix}", mask_ratio_drawn(mask, images.image_sizes))
-        masked_inputs = [
-            {"image": pixels[i, :, :h, :w], "instances": t, "height": x.get("height", h), "width": x.get("width", w)}
-            for i, ((h, w), t, x) in enumerate(zip(images.image_sizes, targets, inputs))
-        ]
-        losses = self.model(masked_inputs)
+        storage = get_event_storage()
+        storage.put_scalar(f"mic/mask_ratio{suffix}", mask_ratio_drawn(mask, images.image_sizes))
+        masked = self.task.masked_inputs(pixels, images.image_sizes, inputs, targets)
+        if suffix == "_mic" and self.task.visualizing(storage):
+            self.task.visualize(storage, student, inputs, masked)
+        losses = self.model(masked)
         return {f"{k}{suffix}": v * self.loss_weight for k, v in losses.items()}
-
-    def _log_pseudo_label_quality(self, target: List[Dict], pseudo: List[Instances]) -> None:
-        gt = [x.get("instances_for_scoring") for x in target]
-        if any(g is None for g in gt):
-            return
-        q = pseudo_label_quality(pseudo, [g.to(p.gt_boxes.device) for g, p in zip(gt, pseudo)])
-        get_event_storage().put_scalars(**{f"mic/pseudo_{k}": v for k, v in q.items()}, smoothing_hint=False)

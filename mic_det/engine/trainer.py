@@ -1,4 +1,4 @@
-"""MICTrainer: Detectron2's DefaultTrainer with a target stream, an EMA teacher and MIC."""
+"""MICTrainer: Detectron2's DefaultTrainer with a target stream, an EMA teacher and MIC, for any task."""
 import logging
 import math
 import os
@@ -9,20 +9,19 @@ from typing import Dict, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data.build import build_source_loader, build_target_loader
-from ..data.mapper import DomainDatasetMapper
-from ..evaluation import build_evaluator
 from ..evaluation.plots import plot_metrics
 from ..teacher import EMATeacher
 from ..utils import get_rng_states, set_host_rng_states
+from .checkpoint_hooks import LastStateBestCheckpointer, SaveOnInterrupt
 from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
+from .task import build_task
 
 __all__ = ["MICTrainer", "evaluate_models", "models_to_evaluate"]
 
@@ -63,12 +62,13 @@ class MetricsPlotter(hooks.HookBase):
 
 
 class MICTrainer(DefaultTrainer):
-    """Source-only, UDA, MIC and MIC+UDA training, chosen by config alone.
+    """Source-only, UDA, MIC and MIC+UDA training, chosen by config alone, for the task ``MODEL.TASK``.
 
     On top of DefaultTrainer: a second (target) data loader, the EMA teacher
     (checkpointed with the model so ``--resume`` continues exactly),
     :class:`MICStep` as the step, and evaluation of student and teacher with
-    a best-checkpoint hook.
+    a best-checkpoint hook. Mappers, test loaders and evaluators come from
+    the task (:class:`~mic_det.engine.task.MICTask`).
     """
 
     def __init__(self, cfg: CfgNode):
@@ -78,15 +78,18 @@ class MICTrainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.task = build_task(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         source_loader = self.build_train_loader(cfg)
-        target_loader = build_target_loader(cfg) if (cfg.MIC.ENABLED or cfg.UDA.ENABLED) else None
+        target_loader = None
+        if cfg.MIC.ENABLED or cfg.UDA.ENABLED:
+            target_loader = build_target_loader(cfg, self.task.build_train_mapper(cfg, labelled=False))
         device_ids = [comm.get_local_rank()] if model.device.type == "cuda" else None
         model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
         # Copied after DDP has broadcast rank 0's weights: one teacher on every rank.
         self.teacher: Optional[EMATeacher] = EMATeacher(model) if cfg.MIC.ENABLED else None
-        self._trainer = MICStep(cfg, model, source_loader, target_loader, optimizer, self.teacher)
+        self._trainer = MICStep(cfg, model, source_loader, target_loader, optimizer, self.teacher, self.task)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self._teacher_ckpt: Optional[_TeacherCheckpointable] = None
@@ -102,16 +105,18 @@ class MICTrainer(DefaultTrainer):
     # -------------------------------------------------------------- builders
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_source_loader(cfg)
+        return build_source_loader(cfg, build_task(cfg).build_train_mapper(cfg, labelled=True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=DomainDatasetMapper(cfg, is_train=False))
+        return build_task(cfg).build_test_loader(cfg, dataset_name)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
-        return build_evaluator(cfg, dataset_name, output_folder, model_tag="student", config_name=_config_path(cfg))
+        return build_task(cfg).build_evaluator(
+            cfg, dataset_name, output_folder, model_tag="student", iteration=-1, config_name=_config_path(cfg)
+        )
 
     # ------------------------------------------------------------ checkpoints
     def resume_or_load(self, resume: bool = True):
@@ -153,6 +158,7 @@ class MICTrainer(DefaultTrainer):
             ret.append(CollapseGuard.from_config(cfg))  # after LRScheduler: a rollback lowers its lr
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+        ret.append(SaveOnInterrupt(self.checkpointer))  # every rank: they agree on when to stop
 
         def test_and_save_results():
             # During a burn-in the teacher is not a model yet (it is copied from the student when MIC starts).
@@ -167,7 +173,7 @@ class MICTrainer(DefaultTrainer):
         if best.ENABLED and cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST and comm.is_main_process():
             dataset = best.DATASET or cfg.DATASETS.TEST[0]
             ret.append(
-                hooks.BestCheckpointer(
+                LastStateBestCheckpointer(
                     cfg.TEST.EVAL_PERIOD,
                     self.checkpointer,
                     f"{best.MODEL}/{dataset}/{best.METRIC}",
@@ -231,18 +237,17 @@ def _config_path(cfg: CfgNode) -> str:
 def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration: int = -1) -> Dict:
     """Evaluate each model on every ``DATASETS.TEST`` set.
 
-    Returns ``{tag: {dataset: {"bbox": {...}}}}``; Detectron2's EvalHook
-    flattens it to ``<tag>/<dataset>/bbox/AP50`` in the event storage, so
-    TensorBoard and ``metrics.json`` keep student and teacher apart.
+    Returns ``{tag: {dataset: {<task>: {...}}}}`` (detection: ``"bbox"``);
+    Detectron2's EvalHook flattens it to ``<tag>/<dataset>/bbox/AP50`` in the
+    event storage, so TensorBoard and ``metrics.json`` keep student and teacher apart.
     """
+    task = build_task(cfg)
     results = OrderedDict((tag, OrderedDict()) for tag in models)
     output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
     for dataset_name in cfg.DATASETS.TEST:
-        loader = MICTrainer.build_test_loader(cfg, dataset_name)  # one loader serves every model
+        loader = task.build_test_loader(cfg, dataset_name)  # one loader serves every model
         for tag, model in models.items():
-            evaluator = build_evaluator(
-                cfg, dataset_name, output_dir, model_tag=tag, iteration=iteration, config_name=_config_path(cfg)
-            )
+            evaluator = task.build_evaluator(cfg, dataset_name, output_dir, tag, iteration, _config_path(cfg))
             res = inference_on_dataset(model, loader, evaluator)
             results[tag][dataset_name] = res
             if comm.is_main_process():

@@ -1,21 +1,9 @@
-"""Detection metrics for domain adaptation: COCO AP, per-class AP50 and VOC AP50, tagged reports.
+"""Task-agnostic evaluation helpers: figures and the training-curve plots of ``metrics.json``.
 
-Use :func:`build_evaluator` once per model (student / teacher) and dataset;
-see ``docs/evaluation.md`` for what each number means.
+Each task's evaluator lives in its own package (detection:
+:mod:`mic_det.detection.evaluator`); what they share is drawn here.
 """
+from .figures import new_figure, plot_panels
+from .plots import plot_metrics, read_metrics
 
-from .detection_evaluator import DomainDetectionEvaluator, build_evaluator
-from .reports import markdown_report, per_class_table, plot_panels, plot_pr_curves
-from .voc import mean_ap, voc_ap, voc_ap50_per_class
-
-__all__ = [
-    "build_evaluator",
-    "DomainDetectionEvaluator",
-    "voc_ap",
-    "voc_ap50_per_class",
-    "mean_ap",
-    "per_class_table",
-    "markdown_report",
-    "plot_pr_curves",
-    "plot_panels",
-]
+__all__ = ["new_figure", "plot_panels", "plot_metrics", "read_metrics"]

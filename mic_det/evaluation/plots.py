@@ -18,7 +18,7 @@ import re
 from collections import OrderedDict, defaultdict
 from typing import Dict, List, Tuple
 
-from .reports import plot_panels
+from .figures import plot_panels
 
 # <model>/<dataset>/bbox/<metric>; the dataset name may itself contain "/".
 EVAL_KEY = re.compile(r"^(?P<model>student|teacher)/(?P<dataset>.+)/bbox/(?P<metric>[^/]+)$")

@@ -6,7 +6,7 @@ draw on a bare Agg canvas (no ``pyplot``), so they work headless and never
 switch the backend of a user's interactive session.
 
 A *report* is a plain dict, built by
-:class:`~mic_det.evaluation.detection_evaluator.DomainDetectionEvaluator`::
+:class:`~mic_det.detection.evaluator.DomainDetectionEvaluator`::
 
     {
       "model": "student", "dataset": "foggy_val", "iteration": 5000, "config": "...",
@@ -30,6 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from tabulate import tabulate
 
+from ..evaluation.figures import new_figure
+
 __all__ = [
     "PER_CLASS_COLUMNS",
     "COCO_SUMMARY_KEYS",
@@ -40,7 +42,6 @@ __all__ = [
     "write_json_report",
     "write_markdown_report",
     "plot_pr_curves",
-    "plot_panels",
 ]
 
 # (report key, column header) of the per-class table, in display order.
@@ -154,16 +155,6 @@ def write_markdown_report(path: str, report: Mapping[str, Any]) -> str:
     return path
 
 
-def _new_figure(width: float, height: float):
-    # Figure + Agg canvas without pyplot: no global backend switch, no GUI.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def plot_pr_curves(
     path: str,
     curves: Mapping[str, Series],
@@ -175,7 +166,7 @@ def plot_pr_curves(
     Classes without a curve (no ground truth) are listed in the legend as such,
     so a missing line is never mistaken for a plotting bug.
     """
-    fig = _new_figure(7.5, 5.0)
+    fig = new_figure(7.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     for name, (recall, precision) in curves.items():
         ap = aps.get(name, float("nan"))
@@ -193,41 +184,6 @@ def plot_pr_curves(
     ax.set_title(title, fontsize=9)
     if curves:
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, title="AP50 (VOC)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
-def plot_panels(
-    path: str,
-    panels: Mapping[str, Mapping[str, Series]],
-    ylabel: str = "",
-    xlabel: str = "iteration",
-    ncols: int = 3,
-    title: Optional[str] = None,
-) -> str:
-    """A grid of axes, one per panel, each with one line per series. Returns ``path``.
-
-    Used for training curves: one panel per dataset (student and teacher AP50
-    as two lines) or one panel per loss.
-    """
-    n = max(len(panels), 1)
-    ncols = max(1, min(ncols, n))
-    nrows = int(math.ceil(n / ncols))
-    fig = _new_figure(4.2 * ncols, 3.0 * nrows + (0.4 if title else 0.0))
-    for i, (panel, series) in enumerate(panels.items()):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        for label, (x, y) in series.items():
-            marker = "o" if len(x) <= 30 else None
-            ax.plot(x, y, label=label, marker=marker, markersize=3, linewidth=1.2)
-        ax.set_title(panel, fontsize=9)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.grid(True, alpha=0.3)
-        if len(series) > 1:
-            ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

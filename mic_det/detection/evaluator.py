@@ -7,7 +7,7 @@ Detectron2 was built with it and pycocotools otherwise) with three additions:
 * per-class AP50 from the COCO precision array (``AP50-<class>``): papers
   report AP50 per class, Detectron2 only AP per class;
 * VOC-style AP50, mean and per class (``VOC-AP50``, ``VOC-AP50-<class>``),
-  the other protocol papers use (see :mod:`mic_det.evaluation.voc`);
+  the other protocol papers use (see :mod:`mic_det.detection.voc`);
 * a report tagged with the model (student / teacher), dataset, iteration and
   config, as json, markdown and a precision-recall PNG, so numbers from one
   run can be compared without re-running anything.

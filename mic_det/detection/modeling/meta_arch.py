@@ -51,13 +51,9 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
         features, target_features = self._backbone_both(images, target_images)
         gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
         proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
-        self.roi_heads.keep_box_features = True
-        try:
+        with self.roi_heads.capturing_box_features() as box_features:
             sampled, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
-            source_box_features = self.roi_heads.last_box_features
-        finally:
-            self.roi_heads.keep_box_features = False
-            self.roi_heads.last_box_features = None
+        (source_box_features,) = box_features
 
         target_box_features, target_boxes = self._target_rois(target_images, target_features)
         da_losses = self.domain_alignment(
@@ -88,8 +84,9 @@ class DomainAdaptiveRCNN(GeneralizedRCNN):
     def _target_rois(self, images: ImageList, features: Dict[str, torch.Tensor]):
         """Box-head features of the target batch's top RPN proposals, and those boxes per image."""
         rpn = self.proposal_generator
-        # The RPN in eval mode proposes without needing (or logging) ground truth;
-        # it has no train-only layers, so only its top-k setting changes.
+        # Detectron2's RPN proposes without ground truth only in eval mode (in
+        # training its forward requires and logs gt); it has no train-only
+        # layers, so only its top-k setting changes, for this call alone.
         rpn.train(False)
         try:
             proposals, _ = rpn(images, features)

@@ -59,8 +59,9 @@ class MICRPN(RPN):
         features: Dict[str, torch.Tensor],
         gt_instances: Optional[List[Instances]] = None,
     ):
-        # RPN.losses() does not see the Instances, so the per-image quality is
-        # handed over for the duration of this call only.
+        # Detectron2's RPN.forward hands losses() the anchor labels but not the
+        # Instances they came from; rather than fork forward, the per-image
+        # quality is handed over for the duration of this call only.
         if self.training and is_pseudo_labelled(gt_instances):
             self._pseudo_quality = image_quality(gt_instances)
         try:

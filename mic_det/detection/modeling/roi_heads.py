@@ -1,10 +1,12 @@
 """RoI heads: Detectron2's StandardROIHeads with a quality-weighted box predictor.
 
 Nothing of the heads is forked: the box predictor is swapped for a subclass
-whose ``losses`` weights pseudo-labelled RoIs, and the box head's output is
-kept (through a forward hook) for the instance-level domain discriminator.
+whose ``losses`` weights pseudo-labelled RoIs, and the box head's output can
+be captured (through a forward hook held only for one call) for the
+instance-level domain discriminator.
 """
-from typing import Dict, List, Optional
+import contextlib
+from typing import Dict, Iterator, List
 
 import torch
 from detectron2.config import configurable
@@ -77,23 +79,26 @@ class MICFastRCNNOutputLayers(FastRCNNOutputLayers):
 
 @ROI_HEADS_REGISTRY.register()
 class MICROIHeads(StandardROIHeads):
-    """StandardROIHeads with :class:`MICFastRCNNOutputLayers` and box features kept.
+    """StandardROIHeads with :class:`MICFastRCNNOutputLayers`, whose box features can be captured.
 
-    While ``keep_box_features`` is set, ``last_box_features`` holds the box
-    head's output of the latest forward (one row per sampled RoI, in the order
-    of the returned proposals) for the instance-level domain discriminator.
+    ``StandardROIHeads._forward_box`` computes the box head's features and
+    keeps them to itself; rather than fork it, :meth:`capturing_box_features`
+    hooks the box head for the duration of one call.
     """
 
-    @configurable
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.keep_box_features = False
-        self.last_box_features: Optional[torch.Tensor] = None
-        self.box_head.register_forward_hook(self._capture_box_features)
+    @contextlib.contextmanager
+    def capturing_box_features(self) -> Iterator[List[torch.Tensor]]:
+        """Collect the box head's output of every forward inside the block.
 
-    def _capture_box_features(self, module, inputs, output) -> None:
-        if self.keep_box_features:
-            self.last_box_features = output
+        In training, one forward of the heads appends one tensor: a row per
+        sampled RoI, in the order of the proposals it returns.
+        """
+        captured: List[torch.Tensor] = []
+        handle = self.box_head.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            yield captured
+        finally:
+            handle.remove()
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):

@@ -1,7 +1,7 @@
 """The MIC quality weight q_T, in one place for the RPN and the RoI head.
 
 A batch is "pseudo-labelled" when its target Instances carry ``gt_scores``
-(the teacher's confidences, set by :func:`mic_det.pseudo_labels.make_pseudo_labels`).
+(the teacher's confidences, set by :func:`mic_det.detection.pseudo_labels.make_pseudo_labels`).
 Only such batches are weighted; labelled source batches keep Detectron2's
 losses bit for bit.
 """

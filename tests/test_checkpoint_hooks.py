@@ -1,0 +1,54 @@
+"""--resume continues from the last state: best checkpoints do not take "last", SIGTERM saves first."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from .conftest import REPO, TINY_OVERRIDES, run_train_net
+
+
+def test_last_checkpoint_names_the_final_state_not_the_best(tiny_pair, tmp_path):
+    """Evaluations with a best-checkpoint hook: a finished run still resumes from model_final."""
+    run_train_net(
+        ["--config-file", "configs/synthetic/source_only.yaml", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "()",
+         "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2", "DATASETS.TEST", "('synthetic_clear_val',)",
+         "TEST.BEST_CHECKPOINT.ENABLED", "True"],
+        tmp_path, tiny_pair,
+    )
+    assert os.path.isfile(tmp_path / "model_best.pth")
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
+    # Resuming the finished run trains nothing more.
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/source_only.yaml", "--resume", "SOLVER.MAX_ITER", "4",
+         "SOLVER.STEPS", "()", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
+        tmp_path, tiny_pair,
+    )
+    assert "model_final.pth" in proc.stdout + proc.stderr
+
+
+def test_sigterm_saves_a_resumable_checkpoint_and_says_where(tiny_pair, tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", "configs/synthetic/mic.yaml"]
+    cmd += TINY_OVERRIDES + ["DATASETS.SYNTHETIC_ROOT", str(tiny_pair), "OUTPUT_DIR", str(tmp_path),
+                             "SOLVER.MAX_ITER", "2000", "MIC.BURN_IN_ITERS", "0", "DATASETS.TEST", "()"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "log.txt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "Starting training" in log.read_text()):
+        time.sleep(0.5)
+    time.sleep(3)  # a few steps in
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    saved = [f for f in os.listdir(tmp_path) if f.startswith("model_") and f.endswith(".pth")]
+    assert len(saved) == 1, saved
+    assert f"saved {tmp_path / saved[0]}" in out and "--resume" in out
+    state = torch.load(tmp_path / saved[0], map_location="cpu")
+    assert {"model", "teacher", "trainer", "iteration"} <= set(state)
+    assert {"_trainer", "hooks", "rng_states"} <= set(state["trainer"])  # step + optimizer, lr scheduler, RNGs
+    assert "optimizer" in state["trainer"]["_trainer"]
+    assert (tmp_path / "last_checkpoint").read_text().strip() == saved[0]
+    assert 0 <= state["iteration"] < 2000
