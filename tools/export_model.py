@@ -11,7 +11,8 @@ size. The exported model therefore takes and returns::
     outputs (boxes (N, 4) XYXY in that input's pixels, classes (N,) int64 contiguous ids,
              scores (N,), the input's (H, W))
 
-(``export_info.json`` next to the files repeats this, with the class names.)
+(``export_info.json`` next to the files repeats this, with the class names and
+why a format was skipped.)
 Both files are checked after writing: the saved TorchScript model (and the
 ONNX model, with onnxruntime if installed) must give the eager model's boxes
 on the sample image.
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -80,7 +82,9 @@ def eager_outputs(model, image: torch.Tensor) -> List[torch.Tensor]:
 
 
 def export_torchscript(adapter: TracingAdapter, image: torch.Tensor, path: str) -> None:
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Detectron2's Python-side shape checks each warn that they become constants; expected.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(adapter, (image,))
     torch.jit.save(traced, path)
 
@@ -92,7 +96,8 @@ def export_onnx(adapter: TracingAdapter, image: torch.Tensor, path: str) -> Opti
     except ImportError:
         return "the 'onnx' package is not installed (pip install onnx onnxruntime)"
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 adapter, (image,), path, opset_version=ONNX_OPSET,
                 input_names=["image"], output_names=OUTPUT_NAMES,
@@ -156,7 +161,7 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
     adapter = tracing_adapter(model, image)
     expected = eager_outputs(model, image)
     os.makedirs(args.output, exist_ok=True)
-    written, problems = {}, []
+    written, skipped, problems = {}, {}, []
 
     if "torchscript" in args.format:
         path = os.path.join(args.output, "model.ts")
@@ -171,6 +176,7 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
         why_not = export_onnx(adapter, image, path)
         if why_not:
             logger.warning("ONNX export skipped: %s", why_not)
+            skipped["onnx"] = why_not
         else:
             diff = check_onnx(path, image, expected)
             if diff is None:
@@ -186,6 +192,7 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
         "weights": os.path.abspath(args.weights),
         "model": args.model,
         "files": written,
+        "skipped": skipped,
         "input": {"name": "image", "dtype": "float32", "shape": ["3", "H", "W"], "channels": cfg.INPUT.FORMAT,
                   "resize": {"min_size": cfg.INPUT.MIN_SIZE_TEST, "max_size": cfg.INPUT.MAX_SIZE_TEST},
                   "traced_on": list(image.shape)},
