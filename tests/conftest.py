@@ -73,3 +73,43 @@ def source_only_run(tiny_pair, tmp_path_factory):
         out, tiny_pair,
     )
     return out
+
+
+def tiny_cfg(root, *opts):
+    """The tiny MIC config (configs/synthetic/mic.yaml + TINY_OVERRIDES) on the pair under ``root``."""
+    from mic_det.config_loading import build_config
+
+    return build_config(
+        os.path.join(REPO, "configs", "synthetic", "mic.yaml"),
+        TINY_OVERRIDES + ["DATASETS.SYNTHETIC_ROOT", str(root)] + list(opts),
+    )
+
+
+@pytest.fixture(scope="session")
+def mic_checkpoint(tiny_pair, tmp_path_factory):
+    """A checkpoint as MICTrainer writes it (student, EMA teacher, iteration 41) and its config.yaml,
+    without training: the student is freshly initialised, and the teacher is the
+    student with its "car" logit raised, so the two predict recognisably differently
+    (the teacher: cars scored ~0.9; the student: every class near 1/7).
+
+    Returns ``(config path, checkpoint path)``.
+    """
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from mic_det.data.synthetic import SYNTHETIC_CLASSES
+    from mic_det.teacher import EMATeacher
+
+    out = tmp_path_factory.mktemp("mic_checkpoint")
+    cfg = tiny_cfg(tiny_pair, "OUTPUT_DIR", str(out))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    teacher = EMATeacher(model)
+    car = list(SYNTHETIC_CLASSES).index("car")
+    with torch.no_grad():
+        teacher.model.roi_heads.box_predictor.cls_score.bias[car] += 4.0
+    DetectionCheckpointer(model, str(out), teacher=teacher).save("model_final", iteration=41)
+    config = out / "config.yaml"
+    config.write_text(cfg.dump())
+    return str(config), str(out / "model_final.pth")

@@ -165,7 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="integer depth images are divided by this to get metres (e.g. 1000 for mm)",
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes to use")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an --output that already holds images (files of the same name are "
+        "replaced, others stay)",
+    )
     return p
+
+
+def refuse_to_mix(output: str, out_json: Optional[str]) -> None:
+    """An --output holding an earlier run's images would end up a mix of two fog densities
+    (or of two image sets) that nothing records; refuse unless --overwrite."""
+    existing = list_images(output) if os.path.isdir(output) else []
+    if out_json and os.path.isfile(out_json):
+        existing.append(out_json)
+    if existing:
+        raise SystemExit(
+            f"error: --output {output} already holds {len(existing)} image/json file(s) "
+            f"(e.g. {existing[0]}) from an earlier run; choose a new folder (one per --beta), "
+            "or pass --overwrite"
+        )
 
 
 def _jobs_for_folder(args) -> List[Tuple[str, str]]:
@@ -208,11 +228,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.depth_dir and not os.path.isdir(args.depth_dir):
         raise SystemExit(f"error: depth folder {args.depth_dir} does not exist")
 
-    data = None
+    data, out_json = None, None
     if args.coco_json:
         out_json = args.output_json or os.path.join(args.output, os.path.basename(args.coco_json))
         if os.path.realpath(out_json) == os.path.realpath(args.coco_json):
             raise SystemExit(f"error: refusing to overwrite the input json {args.coco_json}")
+    if not args.overwrite:
+        refuse_to_mix(args.output, out_json)
+    if args.coco_json:
         jobs, data = _jobs_for_coco(args)
     else:
         jobs = _jobs_for_folder(args)

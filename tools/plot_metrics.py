@@ -24,6 +24,7 @@ Example::
 """
 
 import argparse
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -40,6 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         help=f"regex (re.search) selecting the keys to plot; default {DEFAULT_KEYS!r}",
     )
     args = parser.parse_args(argv)
+    # plot_metrics says which all-zero series it leaves out.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     written = plot_metrics(args.metrics, args.output, args.keys)
     if not written:
         print(f"No key of {args.metrics} matches {args.keys!r}; nothing plotted.", file=sys.stderr)

@@ -15,20 +15,21 @@ import logging
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
-from mic_det import add_mic_config
-from mic_det.data.checks import check_domain_classes
+from mic_det.config_loading import build_config
+from mic_det.data.checks import check_domain_classes, check_test_images
 from mic_det.data.cli import add_domain_arguments, register_domains_from_args
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
 from mic_det.engine.checkpoint_hooks import TrainingInterrupted
+from mic_det.predictor import check_weights_file
 from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint
+from mic_det.user_errors import exit_on_input_error
 
 logger = logging.getLogger("mic_det")
 
@@ -46,16 +47,24 @@ def refuse_to_overwrite(cfg):
 
 
 def setup(args):
-    """Config from file + overrides, user domains registered, then validated."""
-    cfg = get_cfg()
-    add_mic_config(cfg)
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file} does not exist")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    """Config from file + overrides, user domains registered, then validated.
+
+    Everything that can be checked without training is checked here, so a
+    mistake fails in the first seconds: unknown config keys (with the nearest
+    ones), the checkpoint of --eval-only, dataset names and classes, and every
+    test image (else found missing at the first evaluation, hours in).
+    """
+    cfg = build_config(args.config_file, args.opts)
     if args.eval_model:
         cfg.TEST.EVAL_MODEL = args.eval_model
     cfg.freeze()
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError(
+                "--eval-only needs the checkpoint to evaluate: MODEL.WEIGHTS is empty "
+                "(add MODEL.WEIGHTS OUTPUT_DIR/model_final.pth); without it a random model is evaluated"
+            )
+        check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
     if cfg.DATASETS.SYNTHETIC_ROOT:
         register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
     register_domains_from_args(args)
@@ -64,6 +73,7 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mic_det", abbrev_name="mic")
     check_domain_classes(cfg)  # checks the names are registered first
+    check_test_images(cfg)
     return cfg
 
 
@@ -82,7 +92,9 @@ def eval_only(cfg):
         elif cfg.TEST.EVAL_MODEL == "teacher":
             teacher_weights_from_checkpoint(checkpoint)  # raises a clear KeyError
     models = models_to_evaluate(cfg, model, teacher)
-    results = evaluate_models(cfg, models, iteration=-1)
+    # Reports name the iteration the weights were saved at (-1 for files without one, e.g. model zoo).
+    iteration = checkpoint.get("iteration", -1)
+    results = evaluate_models(cfg, models, iteration=iteration if isinstance(iteration, int) else -1)
     if comm.is_main_process():
         verify_results(cfg, results)
     return results
@@ -108,6 +120,11 @@ def build_parser():
         default=None,
         help="with --eval-only: which weights of MODEL.WEIGHTS to evaluate (sets TEST.EVAL_MODEL)",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the traceback of input errors (bad config keys, paths, datasets), not just their message",
+    )
     add_domain_arguments(parser)
     return parser
 
@@ -115,14 +132,15 @@ def build_parser():
 def cli(argv=None):
     args = build_parser().parse_args(argv)
     print("Command Line Args:", args)
-    return launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    with exit_on_input_error(args.debug):
+        return launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
 
 
 if __name__ == "__main__":

@@ -7,13 +7,15 @@ turn those into one readable error naming the datasets and config keys.
 """
 
 import difflib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .domains import is_labelled
+from .domains import _try_image_size, is_labelled
 
-__all__ = ["check_datasets_registered", "check_domain_classes", "dataset_names"]
+__all__ = ["check_datasets_registered", "check_domain_classes", "check_test_images", "dataset_names"]
 
 _KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.TRAIN_TARGET")
 
@@ -112,3 +114,42 @@ def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str]) -> None
                 f"{key} is {node} but the datasets have {num} classes "
                 f"({ref_name}: {list(ref)}); set {key} {num}."
             )
+
+
+def _image_problem(record: dict) -> Optional[str]:
+    """Why the image of ``record`` cannot be evaluated, or None."""
+    path = record["file_name"]
+    if not os.path.isfile(path):
+        return f"{path}: does not exist"
+    size = _try_image_size(path)
+    if isinstance(size, str):
+        return f"{path}: unreadable ({size})"
+    expected = (record.get("height"), record.get("width"))
+    if None not in expected and tuple(size) != tuple(expected):
+        return f"{path}: {size[0]}x{size[1]} (h x w) but the dataset says {expected[0]}x{expected[1]}"
+    return None
+
+
+def check_test_images(cfg) -> None:
+    """Every image of every ``DATASETS.TEST`` set exists, has a readable header and the size its labels say.
+
+    Evaluation needs every image (the mapper refuses to skip one), but it
+    first reads them at the first evaluation, possibly hours into training.
+    Only headers are read, in a thread pool (as image folders are listed), so
+    this costs seconds for thousands of images; all bad files are named in
+    one ``FileNotFoundError`` (missing files) or ``ValueError``.
+    """
+    problems: List[str] = []
+    missing = False
+    for name in cfg.DATASETS.TEST:
+        records = DatasetCatalog.get(name)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = [p for p in pool.map(_image_problem, records) if p]
+        missing |= any(p.endswith("does not exist") for p in found)
+        problems += [f"{name}: {p}" for p in found]
+    if problems:
+        error = FileNotFoundError if missing else ValueError
+        raise error(
+            f"{len(problems)} test image(s) of DATASETS.TEST cannot be evaluated (fix or remove "
+            "them from the dataset; evaluation needs every image):\n  " + "\n  ".join(problems)
+        )

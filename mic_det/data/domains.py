@@ -17,9 +17,10 @@ Both are lazy: registering reads nothing; the first
 
 Validation policy for labels a user wrote (COCO jsons): strict. A json that
 does not parse, an annotation whose ``category_id`` is not in ``categories``,
-or a box with zero or negative width/height is an error naming the json, the
-image and the annotation id. Such labels are wrong and silently dropping them
-would bias both training and evaluation; the user can fix them. (Labels
+or a box with zero or negative width/height or wholly outside its image is an
+error naming the json, the image and the annotation id. Such labels are wrong
+and silently dropping them would bias both training and evaluation; the user
+can fix them. (Labels
 *converted* from public benchmarks, see ``cityscapes.py``/``daod.py``, follow
 the literature instead: boxes that become empty after clipping are dropped and
 counted, because nobody can fix Cityscapes.)
@@ -251,7 +252,16 @@ def load_coco_domain(
                 f"COCO boxes are [x, y, width, height]."
             )
         if not (bbox[2] > 0 and bbox[3] > 0):
-            bad_box.append(f"{where}: bbox {list(bbox)}")
+            bad_box.append(f"{where}: bbox {list(bbox)} has zero or negative width/height")
+            continue
+        x, y, w, h = bbox
+        if x >= img["width"] or y >= img["height"] or x + w <= 0 or y + h <= 0:
+            # Clipping to the image would make it a zero-size box: the same mistake
+            # (often x/y swapped, or the boxes of another image size).
+            bad_box.append(
+                f"{where}: bbox {list(bbox)} lies wholly outside the "
+                f"{img['width']}x{img['height']} (w x h) image"
+            )
             continue
         if id_map[cat] is None:  # a category the user's thing_classes leave out
             num_dropped += 1
@@ -276,8 +286,8 @@ def load_coco_domain(
     if bad_box:
         raise ValueError(
             f"Dataset '{name}': {len(bad_box)} annotation(s) in {json_file} have a box "
-            f"with zero or negative width/height (COCO boxes are [x, y, width, height]; "
-            f"fix or remove them):" + _listed(bad_box)
+            f"with zero or negative width/height or wholly outside its image (COCO boxes "
+            f"are [x, y, width, height]; fix or remove them):" + _listed(bad_box)
         )
     if num_dropped:
         logger.info(

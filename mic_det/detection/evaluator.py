@@ -88,7 +88,7 @@ class DomainDetectionEvaluator(COCOEvaluator):
             dump_predictions: write Detectron2's raw dumps (about a third of
                 ``evaluate()``'s time at 500 images x 100 detections).
         """
-        _ensure_class_metadata(dataset_name)
+        ensure_class_metadata(dataset_name)
         super().__init__(
             dataset_name,
             tasks=tasks,
@@ -317,7 +317,7 @@ class DomainDetectionEvaluator(COCOEvaluator):
 _LOADED_FOR_METADATA = set()
 
 
-def _ensure_class_metadata(dataset_name: str) -> None:
+def ensure_class_metadata(dataset_name: str) -> None:
     """Load the dataset once if its metadata lacks ``thing_dataset_id_to_contiguous_id``.
 
     Loaders set that mapping (and ``thing_classes``) as a side effect. If the

@@ -12,6 +12,7 @@ Evaluation results arrive as ``<model>/<dataset>/bbox/<metric>`` (model =
 student or teacher), losses as ``total_loss``, ``loss_cls``, ``loss_cls_mic`` ...
 """
 import json
+import logging
 import math
 import os
 import re
@@ -25,6 +26,9 @@ EVAL_KEY = re.compile(r"^(?P<model>student|teacher)/(?P<dataset>.+)/bbox/(?P<met
 DEFAULT_KEYS = r"bbox/AP50$|loss"
 
 Series = Dict[str, Tuple[List[float], List[float]]]
+
+# A child of the "mic_det" logger, which tools/train_net.py sends to the console and log.txt.
+logger = logging.getLogger(__name__)
 
 
 def read_metrics(path: str) -> Dict[str, Tuple[List[int], List[float]]]:
@@ -81,10 +85,38 @@ def group_series(metrics: Dict[str, Tuple[List[int], List[float]]], keys: str):
     return evals, losses, others
 
 
+def drop_all_zero(series: Dict[str, Series]) -> Tuple[Dict[str, Series], List[str]]:
+    """Leave out loss and scalar panels whose every value is 0; returns (kept, left-out keys).
+
+    A loss that is 0 throughout is a term switched off by the config (e.g.
+    ``loss_box_reg_mic`` with ``MIC.PSEUDO_BOX_REG_WEIGHT 0``): its empty
+    panel only pushes the real curves apart. Evaluation curves are never left
+    out: an AP of 0 at every evaluation is a result.
+    """
+    kept, dropped = OrderedDict(), []
+    for key, panel in series.items():
+        values = [v for _, vs in panel.values() for v in vs]
+        if values and all(v == 0 for v in values):
+            dropped.append(key)
+        else:
+            kept[key] = panel
+    return kept, dropped
+
+
 def plot_metrics(metrics_path: str, output_dir: str, keys: str = DEFAULT_KEYS) -> List[str]:
-    """Write the PNGs for ``metrics_path`` into ``output_dir``; returns their paths."""
+    """Write the PNGs for ``metrics_path`` into ``output_dir``; returns their paths.
+
+    Loss and scalar series that are 0 throughout are not plotted, and a log
+    line names them (see :func:`drop_all_zero`).
+    """
     metrics = read_metrics(metrics_path)
     evals, losses, others = group_series(metrics, keys)
+    losses, zero_losses = drop_all_zero(losses)
+    others, zero_others = drop_all_zero(others)
+    if zero_losses or zero_others:
+        logger.info(
+            "Not plotted, 0 at every iteration of %s: %s", metrics_path, ", ".join(zero_losses + zero_others)
+        )
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for metric, panels in sorted(evals.items()):
