@@ -33,7 +33,8 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC = CN()
     # Master switch for the masked-image-consistency loss.
     _C.MIC.ENABLED = False
-    # lambda_M: weight of the MIC loss in the total.
+    # lambda_M: weight of the MIC loss in the total. 0 skips the masked forward: the
+    # teacher and the task's own self-training losses remain (self-training without masking).
     _C.MIC.LOSS_WEIGHT = 1.0
     # b: mask block size, in network-input pixels.
     _C.MIC.MASK_BLOCK_SIZE = 32
@@ -41,6 +42,9 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC.MASK_RATIO = 0.5
     # alpha: teacher <- alpha * teacher + (1 - alpha) * student after each step.
     _C.MIC.EMA_ALPHA = 0.9
+    # Ramp the EMA weight as DACS / DAFormer do: alpha_t = min(1 - 1/(t+1), EMA_ALPHA)
+    # at the t-th MIC step (MIC's segmentation and classification code); off for detection.
+    _C.MIC.EMA_RAMP = False
     # delta: teacher boxes scoring below this are not pseudo-labels.
     _C.MIC.PSEUDO_SCORE_THRESH = 0.8
     # IoU of the class-wise NMS applied to the teacher's boxes before thresholding.

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["unwrap_model", "EMATeacher", "teacher_weights_from_checkpoint"]
+__all__ = ["ramped_alpha", "unwrap_model", "EMATeacher", "teacher_weights_from_checkpoint"]
 
 _PREFIX = "model."
 
@@ -135,6 +135,16 @@ class EMATeacher(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+
+def ramped_alpha(alpha: float, step: int) -> float:
+    """The EMA weight at the ``step``-th teacher update (from 0): ``min(1 - 1 / (step + 1), alpha)``.
+
+    The mean-teacher ramp DACS and DAFormer use (and MIC's segmentation and
+    classification code with them): the first updates follow the student
+    closely, so a teacher copied from an early student is not stuck with it.
+    """
+    return min(1.0 - 1.0 / (step + 1), float(alpha))
 
 
 def teacher_weights_from_checkpoint(checkpoint: dict) -> Dict[str, torch.Tensor]:

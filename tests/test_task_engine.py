@@ -186,6 +186,11 @@ class ToyColourTask(MICTask):
     def source_targets(self, inputs):
         return [{"label": x["label"]} for x in inputs]
 
+    def self_training_losses(self, model, source, target, pseudo):
+        # Plain self-training on the unmasked target (what DACS adds, without its mixing).
+        losses = model([dict(x, **p) for x, p in zip(target, pseudo) if self.has_pseudo_label(p)])
+        return {f"{k}_st": v for k, v in losses.items()}
+
     def masked_inputs(self, pixels, image_sizes, inputs, targets):
         return [dict(t, image=pixels[i, :, :h, :w]) for i, ((h, w), t) in enumerate(zip(image_sizes, targets))]
 
@@ -199,8 +204,7 @@ def _register_toy_sets():
             MetadataCatalog.get(name).thing_classes = ["red", "blue"]
 
 
-def test_a_registered_toy_task_trains_with_mic_through_the_engine(tmp_path):
-    """A task that is not detection: MIC steps, teacher, masked view, evaluation, through MICTrainer."""
+def _toy_trainer(tmp_path, *opts):
     _register_toy_sets()
     cfg = get_cfg()
     add_mic_config(cfg)
@@ -213,11 +217,17 @@ def test_a_registered_toy_task_trains_with_mic_through_the_engine(tmp_path):
         "TEST.EVAL_PERIOD", "30", "TEST.BEST_CHECKPOINT.ENABLED", "False",
         "MIC.ENABLED", "True", "MIC.BURN_IN_ITERS", "10", "MIC.PSEUDO_SCORE_THRESH", "0.5",
         "MIC.MASK_BLOCK_SIZE", "8", "MIC.EMA_ALPHA", "0.9", "OUTPUT_DIR", str(tmp_path),
-    ])
+    ] + list(opts))
     seed_all_rng(0)
     trainer = MICTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
+    return trainer
+
+
+def test_a_registered_toy_task_trains_with_mic_through_the_engine(tmp_path):
+    """A task that is not detection: MIC steps, teacher, masked view, evaluation, through MICTrainer."""
+    trainer = _toy_trainer(tmp_path)
 
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
     assert any(m.get("loss_cls_mic", 0) > 0 for m in metrics)
@@ -229,6 +239,19 @@ def test_a_registered_toy_task_trains_with_mic_through_the_engine(tmp_path):
     results = trainer._last_eval_results
     assert set(results) == {"student", "teacher"}
     assert results["teacher"]["toy_colour_tgt"]["colour"]["accuracy"] == 100.0
+    assert any("loss_cls_st" in m for m in metrics)  # the task's own self-training term (~0: the toy is easy)
+
+
+def test_self_training_without_masking_and_the_ema_ramp(tmp_path):
+    """MIC.LOSS_WEIGHT 0: no masked forward, the task's self-training remains; EMA_RAMP: alpha_0 = 0."""
+    trainer = _toy_trainer(tmp_path, "MIC.LOSS_WEIGHT", "0.0", "MIC.EMA_RAMP", "True", "SOLVER.MAX_ITER", "11")
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert not any("loss_cls_mic" in m or "mic/mask_ratio_mic" in m for m in metrics)
+    assert any("loss_cls_st" in m for m in metrics)
+    assert ["image", "label", "weight"] not in trainer.model.seen
+    # One MIC step (iteration 10 after a burn-in of 10): its update has alpha_0 = 0, teacher = student.
+    student, teacher = trainer.model.state_dict(), trainer.teacher.model.state_dict()
+    assert all(torch.equal(student[k], teacher[k]) for k in student)
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["record"]:

@@ -240,3 +240,10 @@ def test_teacher_weights_from_checkpoint_without_teacher():
         teacher_weights_from_checkpoint({"model": {}, "iteration": 3})
     with pytest.raises(KeyError, match="not an EMATeacher state dict"):
         teacher_weights_from_checkpoint({"teacher": {"0.weight": torch.zeros(1)}})
+
+
+def test_ramped_alpha_is_dacs_mean_teacher_ramp():
+    from mic_det.teacher import ramped_alpha
+
+    assert [ramped_alpha(0.99, t) for t in range(4)] == [0.0, 0.5, 1 - 1 / 3, 0.75]
+    assert ramped_alpha(0.99, 10_000) == 0.99 and ramped_alpha(0.9, 9) == 0.9

@@ -25,7 +25,7 @@ from detectron2.utils.events import get_event_storage
 from ..augment import MaskAugmentation
 from ..data.build import target_batch_size
 from ..masking import BlockMaskGenerator, apply_block_mask, mask_ratio_drawn
-from ..teacher import EMATeacher, unwrap_model
+from ..teacher import EMATeacher, ramped_alpha, unwrap_model
 from ..utils import set_torch_rng_states
 from .optimizer_state import optimizer_param_names, remap_optimizer_state
 from .task import MICTask, build_task
@@ -199,7 +199,7 @@ class MICStep(SimpleTrainer):
             if self.mask_source and self.mic_active:
                 loss_dict.update(self._masked_losses(source, self.task.source_targets(source), "_masked_src"))
             if self.mic_active:
-                loss_dict.update(self._mic_losses(target))
+                loss_dict.update(self._mic_losses(target, source))
             losses = sum(loss_dict.values())
 
         self.optimizer.zero_grad()
@@ -216,7 +216,10 @@ class MICStep(SimpleTrainer):
         else:
             self.optimizer.step()
         if self.mic_active:
-            self.teacher.update(self.model, self.ema_alpha)
+            alpha = self.ema_alpha
+            if self.cfg.MIC.EMA_RAMP:
+                alpha = ramped_alpha(alpha, self.iter - self.burn_in_iters)
+            self.teacher.update(self.model, alpha)
 
     def _log_skipped_images(self) -> None:
         """Unreadable training images skipped so far, per stream (logged once any is)."""
@@ -232,7 +235,8 @@ class MICStep(SimpleTrainer):
         with torch.no_grad():
             return self.task.pseudo_label(self.teacher.model, target)
 
-    def _mic_losses(self, target: List[Dict]) -> Dict[str, torch.Tensor]:
+    def _mic_losses(self, target: List[Dict], source: Optional[List[Dict]] = None) -> Dict[str, torch.Tensor]:
+        """The teacher's pseudo-labels, the task's own self-training losses on them, the masked losses."""
         pseudo = self.pseudo_label(target)
         storage = get_event_storage()
         stats = self.task.pseudo_label_stats(pseudo)
@@ -242,13 +246,18 @@ class MICStep(SimpleTrainer):
             quality = self.task.pseudo_label_quality(target, pseudo)
             if quality is not None:
                 storage.put_scalars(**{f"mic/pseudo_{k}": v for k, v in quality.items()}, smoothing_hint=False)
+        losses = self.task.self_training_losses(self.model, source or [], target, pseudo)
+        if self.loss_weight == 0:  # self-training alone (e.g. DACS without masking): no masked forward
+            return losses
         keep = [i for i, p in enumerate(pseudo) if self.task.has_pseudo_label(p)]
         if not keep:
             # Images without pseudo-labels are left out; with none left the MIC
             # loss is exactly zero (never NaN) and the step is a source step.
             zero = self.pixel_mean.new_zeros(())
-            return {f"{k}_mic": zero for k in self.task.loss_names}
-        return self._masked_losses([target[i] for i in keep], [pseudo[i] for i in keep], "_mic")
+            losses.update({f"{k}_mic": zero for k in self.task.loss_names})
+            return losses
+        losses.update(self._masked_losses([target[i] for i in keep], [pseudo[i] for i in keep], "_mic"))
+        return losses
 
     def _masked_losses(self, inputs: List[Dict], targets: List[Any], suffix: str) -> Dict[str, torch.Tensor]:
         """Student losses on block-masked copies of ``inputs`` against ``targets``."""

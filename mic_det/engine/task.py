@@ -94,6 +94,15 @@ class MICTask:
         """The ground truth of labelled inputs, as :meth:`masked_inputs` takes it (``MIC.MASK_SOURCE``)."""
         raise NotImplementedError
 
+    def self_training_losses(
+        self, model: torch.nn.Module, source: List[Dict], target: List[Dict], pseudo: Sequence[Any]
+    ) -> Dict[str, torch.Tensor]:
+        """Losses of the task's own self-training on the pseudo-labels, next to the masked term
+        (segmentation: DACS's ClassMix of source and target). Called at every MIC step with the
+        (possibly DDP-wrapped) student; ``{}`` by default. With ``MIC.LOSS_WEIGHT`` 0 these are
+        the only target losses (self-training without masking)."""
+        return {}
+
     # --------------------------------------------------------- student input
     def preprocess(self, model: torch.nn.Module, inputs: List[Dict]) -> ImageList:
         """The batch as the student normalises and pads it (Detectron2 meta-architectures:
