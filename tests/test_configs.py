@@ -118,3 +118,16 @@ def test_readme_multi_gpu_command_passes_detectron2_batch_checks(monkeypatch):
         assert loader.batch_size == 1
     with pytest.raises(AssertionError, match="divisible"):  # the check itself is live: 1 image over 8 fails
         d2_data_build.build_batch_data_loader(list(range(16)), SequentialSampler(range(16)), 1)
+
+
+def test_auto_scaling_moves_where_adaptation_starts_and_the_target_batch():
+    from mic_det.engine import MICTrainer
+
+    cfg = get_cfg()
+    add_mic_config(cfg)
+    cfg.merge_from_list(["SOLVER.REFERENCE_WORLD_SIZE", "1", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "8000",
+                         "MIC.BURN_IN_ITERS", "4000", "UDA.START_ITER", "2000", "DATALOADER.TARGET_IMS_PER_BATCH", "2"])
+    scaled = MICTrainer.auto_scale_workers(cfg, 4)
+    assert (scaled.SOLVER.MAX_ITER, scaled.MIC.BURN_IN_ITERS, scaled.UDA.START_ITER) == (2000, 1000, 500)
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.DATALOADER.TARGET_IMS_PER_BATCH) == (4, 8)
+    assert MICTrainer.auto_scale_workers(cfg, 1) is cfg  # the reference world size: untouched

@@ -77,7 +77,7 @@ class MICTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         self.task = build_task(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -101,6 +101,33 @@ class MICTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
         warn_if_adaptation_starts_at_full_lr(cfg, self.scheduler)
+
+    @staticmethod
+    def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
+        """Detectron2's linear scaling (``SOLVER.REFERENCE_WORLD_SIZE``), extended to mic_det's keys.
+
+        Where the adaptation starts (``MIC.BURN_IN_ITERS``, ``UDA.START_ITER``)
+        is a point of the schedule like ``SOLVER.STEPS``, so it moves with it;
+        an explicit ``DATALOADER.TARGET_IMS_PER_BATCH`` grows with the source
+        batch (-1 follows it anyway).
+        """
+        scaled = DefaultTrainer.auto_scale_workers(cfg, num_workers)
+        if scaled is cfg:
+            return cfg
+        scale = num_workers / cfg.SOLVER.REFERENCE_WORLD_SIZE
+        frozen = scaled.is_frozen()
+        scaled.defrost()
+        scaled.MIC.BURN_IN_ITERS = int(round(cfg.MIC.BURN_IN_ITERS / scale))
+        scaled.UDA.START_ITER = int(round(cfg.UDA.START_ITER / scale))
+        if cfg.DATALOADER.TARGET_IMS_PER_BATCH > 0:
+            scaled.DATALOADER.TARGET_IMS_PER_BATCH = int(round(cfg.DATALOADER.TARGET_IMS_PER_BATCH * scale))
+        logger.info(
+            "Auto-scaling mic_det's keys too: MIC.BURN_IN_ITERS %d, UDA.START_ITER %d, TARGET_IMS_PER_BATCH %d.",
+            scaled.MIC.BURN_IN_ITERS, scaled.UDA.START_ITER, scaled.DATALOADER.TARGET_IMS_PER_BATCH,
+        )
+        if frozen:
+            scaled.freeze()
+        return scaled
 
     # -------------------------------------------------------------- builders
     @classmethod
