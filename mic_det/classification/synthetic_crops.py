@@ -73,8 +73,9 @@ def write_crop_pair(root: str, seed: int = 0, crop: int = 56, height: int = 192,
     for split, foggy in CROP_SPLITS.items():
         for c in SYNTHETIC_CLASSES:
             os.makedirs(os.path.join(root, split, c), exist_ok=True)
-        n = 0
-        for index in range(scenes[split]):
+        n, per_class, index = 0, dict.fromkeys(SYNTHETIC_CLASSES, 0), 0
+        # The split's scenes, then more until every class has a crop (a class folder may not be empty).
+        while index < scenes[split] or (min(per_class.values()) == 0 and index < 20 * scenes[split] + 100):
             rng = np.random.default_rng([seed, _SPLIT_SEED[split], index])
             image, _, anns = generate_scene(rng, height, width, beta if foggy else 0.0)
             for k, ann in enumerate(anns):
@@ -85,6 +86,8 @@ def write_crop_pair(root: str, seed: int = 0, crop: int = 56, height: int = 192,
                 if not cv2.imwrite(path, np.ascontiguousarray(_crop(image, ann["bbox"], crop)[:, :, ::-1])):
                     raise OSError(f"could not write {path}")
                 n += 1
+                per_class[name] += 1
+            index += 1
         counts[split] = n
     info = {"seed": seed, "crop": crop, "height": height, "width": width, "beta": beta, "min_box": min_box,
             "scenes": scenes, "crops": counts, "classes": list(SYNTHETIC_CLASSES)}
