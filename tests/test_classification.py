@@ -159,3 +159,22 @@ def test_task_pseudo_label_stats_and_masked_inputs():
     masked = task.masked_inputs(torch.zeros(2, 3, 32, 32), [(32, 32)] * 2, _images(2), pseudo)
     assert masked[0]["label"] == 0 and masked[0]["weight"] == pytest.approx(0.9)
     assert masked[0]["image"].shape == (3, 32, 32)
+
+
+def test_the_classification_benchmark_report_pairs_seeds_and_checks_the_targets():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_cls", f"{REPO}/benchmarks/classification.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def fake(top1, time=None):
+        return {s: {"models": {"student": {"target_top1": top1 + s, "target_mean_class_acc": top1,
+                                           "source_top1": 80.0}}, "step_time": time} for s in (0, 1, 2)}
+
+    runs = {"control": fake(30.0), "cdan_mcc": fake(50.0, 1.0), "mic": fake(60.0, 1.5), "oracle": fake(64.0)}
+    lines, data = bench.report(runs, list(runs), [0, 1, 2])
+    met = {v["target"]: v["met"] for v in data["verdicts"]}
+    assert met["mic above cdan_mcc by more than 3 paired std"] is True  # +10 every seed, std 0
+    assert met["a MIC step <= 1.6x a CDAN+MCC step"] is True
+    assert any("MIC on CDAN+MCC" in line for line in lines)
