@@ -51,6 +51,26 @@ def test_class_folder_labels_and_clear_errors(tmp_path):
         DatasetCatalog.get("cls_t_missing")
 
 
+def test_class_folders_from_the_command_line_and_a_domains_yaml(tmp_path):
+    import argparse
+
+    from mic_det.data.cli import add_domain_arguments, register_domains_from_args
+
+    def build_parser():
+        parser = argparse.ArgumentParser()
+        add_domain_arguments(parser)
+        return parser
+
+    root = _write_tree(tmp_path / "src", n=1)
+    (tmp_path / "d.yaml").write_text("cls_t_yaml: {type: class_folder, image_dir: src}\n")
+    args = build_parser().parse_args(["--register-class-folder", "cls_t_flag", str(root),
+                                      "--domains", str(tmp_path / "d.yaml")])
+    assert register_domains_from_args(args) == ["cls_t_yaml", "cls_t_flag"]
+    assert len(DatasetCatalog.get("cls_t_yaml")) == 3 and MetadataCatalog.get("cls_t_flag").labelled
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        register_domains_from_args(build_parser().parse_args(["--register-class-folder", "x", str(tmp_path / "nowhere")]))
+
+
 def test_unreadable_image_is_an_error_naming_the_file(tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
