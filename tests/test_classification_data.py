@@ -150,6 +150,7 @@ def test_an_image_folder_pair_trains_with_flags_alone(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "Pseudo-labels at iteration 10: 100% of the target batch kept" in proc.stdout + proc.stderr  # console
     metrics = read_metrics(out)
     assert any(m.get("loss_cls_mic", 0) > 0 for m in metrics) and any("mic/pseudo_confidence" in m for m in metrics)
     assert any("loss_cdan" in m and "loss_mcc" in m for m in metrics)

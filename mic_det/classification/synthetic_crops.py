@@ -41,7 +41,7 @@ __all__ = ["CROP_SPLITS", "DEFAULT_CROP_PARAMS", "default_crop_root", "ensure_cr
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "info.json"
-# split -> (fog on, scenes drawn by default)
+# split -> whether its scenes are foggy
 CROP_SPLITS = {"clear_train": False, "clear_val": False, "foggy_train": True, "foggy_val": True}
 DEFAULT_CROP_PARAMS = dict(seed=0, crop=56, height=192, width=256, beta=0.08, min_box=16,
                            scenes={"clear_train": 300, "clear_val": 100, "foggy_train": 300, "foggy_val": 100})

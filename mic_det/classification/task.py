@@ -9,12 +9,13 @@ weighted cross-entropy (``loss_cls_mic``). Images whose teacher confidence is
 below ``MIC.PSEUDO_SCORE_THRESH`` are left out (0 in the shipped configs, as
 the reference).
 """
+import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader
-from detectron2.utils.events import EventStorage
+from detectron2.utils.events import EventStorage, get_event_storage
 
 from ..engine.task import MIC_TASK_REGISTRY, MICTask
 from .evaluator import ClassificationEvaluator
@@ -23,6 +24,10 @@ from .mapper import ClassificationMapper
 __all__ = ["ClassificationTask", "pseudo_labels_from_scores"]
 
 PSEUDO_WEIGHTS = ("prob", "none")
+# Steps between console lines on the pseudo-labels (Detectron2's console writer prints losses only).
+CONSOLE_PERIOD = 20
+
+logger = logging.getLogger(__name__)
 
 
 def pseudo_labels_from_scores(scores: torch.Tensor, weighting: str = "prob") -> List[Dict[str, Any]]:
@@ -47,6 +52,7 @@ class ClassificationTask(MICTask):
         if self.weighting not in PSEUDO_WEIGHTS:
             raise ValueError(f"MIC.CLS_PSEUDO_WEIGHT must be one of {PSEUDO_WEIGHTS}, got {self.weighting!r}")
         self.threshold = cfg.MIC.PSEUDO_SCORE_THRESH
+        self._console_iter: Optional[int] = None
 
     # ------------------------------------------------------------------ data
     def build_train_mapper(self, cfg: CfgNode, labelled: bool) -> ClassificationMapper:
@@ -65,7 +71,18 @@ class ClassificationTask(MICTask):
     @torch.no_grad()
     def pseudo_label(self, teacher: torch.nn.Module, inputs: List[Dict]) -> List[Dict[str, Any]]:
         scores = torch.stack([o["scores"] for o in teacher(inputs)])
-        return pseudo_labels_from_scores(scores, self.weighting)
+        pseudo = pseudo_labels_from_scores(scores, self.weighting)
+        storage = get_event_storage()
+        if self._console_iter is None or storage.iter - self._console_iter >= CONSOLE_PERIOD:
+            self._console_iter = storage.iter  # the first MIC step, then every CONSOLE_PERIOD steps
+            stats = self.pseudo_label_stats(pseudo)
+            logger.info(
+                "Pseudo-labels at iteration %d: %.0f%% of the target batch kept (teacher max prob >= %g), "
+                "mean confidence %.3f, mean weight %.3f, %d classes in the batch.", storage.iter,
+                100 * stats["pseudo_per_image"], self.threshold, stats["pseudo_confidence"], stats["pseudo_weight"],
+                stats["pseudo_classes_in_batch"],
+            )
+        return pseudo
 
     def has_pseudo_label(self, target: Dict[str, Any]) -> bool:
         return target["prob"] >= self.threshold
