@@ -176,4 +176,8 @@ def add_mic_config(cfg: CN) -> CN:
     _C.TEST.BEST_CHECKPOINT.MODEL = "student"
     # "max" or "min".
     _C.TEST.BEST_CHECKPOINT.MODE = "max"
+
+    from .classification.config import add_classification_config  # lazy: that package registers its models
+
+    add_classification_config(_C)  # MODEL.CLASSIFIER, INPUT.CLS, UDA.CDAN/MCC, MIC.CLS_PSEUDO_WEIGHT
     return cfg

@@ -38,6 +38,10 @@ def test_config_merges(path):
     assert cfg.DATASETS.TRAIN, "a runnable config names its source set"
     if cfg.MIC.ENABLED or cfg.UDA.ENABLED:
         assert cfg.DATASETS.TRAIN_TARGET, "MIC/UDA configs name their target set"
+    if cfg.MODEL.TASK == "ClassificationTask":
+        assert cfg.MODEL.META_ARCHITECTURE == "MICClassifier"
+        assert cfg.TEST.BEST_CHECKPOINT.METRIC.startswith("cls/")
+        return
     assert cfg.MODEL.META_ARCHITECTURE == "DomainAdaptiveRCNN"
     assert cfg.MODEL.ROI_HEADS.NAME == "MICROIHeads" and cfg.MODEL.PROPOSAL_GENERATOR.NAME == "MICRPN"
 
@@ -48,6 +52,8 @@ def test_configs_found():
         assert f"configs/cityscapes_foggy/{method}_R50_FPN.yaml" in names
     for method in ("source_only", "mic", "mic_sada", "oracle"):
         assert f"configs/synthetic/{method}.yaml" in names
+    for method in ("source_only", "cdan_mcc", "mic", "oracle"):
+        assert f"configs/synthetic_cls/{method}.yaml" in names
 
 
 def test_cityscapes_foggy_reference_schedule():

@@ -21,6 +21,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
+from mic_det.classification import register_synthetic_crops
 from mic_det.config_loading import build_config
 from mic_det.data.checks import check_domain_classes, check_test_images
 from mic_det.data.cli import add_domain_arguments, register_domains_from_args
@@ -67,6 +68,8 @@ def setup(args):
         check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
     if cfg.DATASETS.SYNTHETIC_ROOT:
         register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
+    if cfg.DATASETS.SYNTHETIC_CLS_ROOT:
+        register_synthetic_crops(cfg.DATASETS.SYNTHETIC_CLS_ROOT)
     register_domains_from_args(args)
     if not args.eval_only and not args.resume:
         refuse_to_overwrite(cfg)  # before default_setup writes config.yaml there

@@ -105,6 +105,8 @@ def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str]) -> None
     keys = ["MODEL.ROI_HEADS.NUM_CLASSES"]
     if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
         keys = ["MODEL.RETINANET.NUM_CLASSES"]
+    if cfg.MODEL.TASK == "ClassificationTask":  # 0 = inferred from DATASETS.TRAIN
+        keys = ["MODEL.CLASSIFIER.NUM_CLASSES"] if cfg.MODEL.CLASSIFIER.NUM_CLASSES > 0 else []
     for key in keys:
         node = cfg
         for part in key.split("."):

@@ -4,6 +4,7 @@ Three ways, combinable, all resolved before the config's dataset names are::
 
     --register-coco NAME JSON IMAGE_ROOT     a labelled COCO set (repeatable)
     --register-folder NAME IMAGE_DIR         an unlabelled image folder (repeatable)
+    --register-class-folder NAME IMAGE_DIR   a labelled classification folder, one subfolder per class (repeatable)
     --domains FILE                           a YAML file of domains (repeatable)
 
 A domains YAML is a list of mappings, or a mapping from name to mapping::
@@ -38,6 +39,7 @@ __all__ = [
 _KEYS = {
     "coco": {"name", "type", "json", "image_root", "thing_classes"},
     "folder": {"name", "type", "image_dir", "thing_classes"},
+    "class_folder": {"name", "type", "image_dir", "thing_classes"},  # only with an explicit type
 }
 
 
@@ -59,6 +61,14 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar=("NAME", "IMAGE_DIR"),
         help="register a folder of unlabelled images (searched recursively) as NAME (repeatable)",
+    )
+    group.add_argument(
+        "--register-class-folder",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "IMAGE_DIR"),
+        help="register a labelled classification folder IMAGE_DIR/<class>/<images> as NAME; classes are "
+        "the sorted subfolder names (repeatable)",
     )
     group.add_argument(
         "--domains",
@@ -99,7 +109,7 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
                 source, name, "give 'type: coco' (json, image_root) or 'type: folder' (image_dir)"
             )
     if kind not in _KEYS:
-        raise _spec_error(source, name, f"unknown type '{kind}' (expected coco or folder)")
+        raise _spec_error(source, name, f"unknown type '{kind}' (expected coco, folder or class_folder)")
     spec["type"] = kind
     all_keys = set().union(*_KEYS.values())
     for key in spec:
@@ -178,6 +188,10 @@ def register_domain(spec: Dict[str, Any], source: str = "") -> str:
     meta = {"thing_classes": spec["thing_classes"]} if spec.get("thing_classes") else None
     if spec["type"] == "coco":
         register_coco_domain(spec["name"], spec["json"], spec["image_root"], metadata=meta)
+    elif spec["type"] == "class_folder":
+        from ..classification.datasets import register_class_folder  # lazy: data does not need classification
+
+        register_class_folder(spec["name"], spec["image_dir"], spec.get("thing_classes"))
     else:
         register_image_folder(spec["name"], spec["image_dir"], metadata=meta)
     return spec["name"]
@@ -203,6 +217,9 @@ def register_domains_from_args(args: argparse.Namespace) -> List[str]:
     for name, image_dir in getattr(args, "register_folder", None) or []:
         spec = {"name": name, "type": "folder", "image_dir": _resolve(image_dir, os.getcwd())}
         entries.append((spec, "--register-folder"))
+    for name, image_dir in getattr(args, "register_class_folder", None) or []:
+        spec = {"name": name, "type": "class_folder", "image_dir": _resolve(image_dir, os.getcwd())}
+        entries.append((spec, "--register-class-folder"))
     seen: Dict[str, str] = {}
     for spec, source in entries:
         if spec["name"] in seen:
