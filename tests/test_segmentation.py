@@ -56,6 +56,14 @@ def test_pseudo_label_is_the_teacher_argmax_cropped_to_the_image_with_ignored_ro
     assert (w[0] == 0).all() and (w[-2:] == 0).all() and (w[1:-2] > 0).all()
 
 
+def test_pseudo_label_accuracy_against_the_targets_own_labels():
+    from mic_det.segmentation.pseudo_labels import pseudo_label_accuracy
+
+    pseudo = [{"sem_seg": torch.tensor([[0, 1], [2, 2]]), "confident": torch.tensor([[True, True], [False, False]])}]
+    gt = [torch.tensor([[0, 2], [2, IGNORE]])]  # 3 labelled pixels, 2 right; confident: 2 labelled, 1 right
+    assert pseudo_label_accuracy(pseudo, gt) == {"accuracy": pytest.approx(2 / 3), "confident_accuracy": 0.5}
+
+
 def test_classmix_pastes_the_chosen_source_classes_with_weight_one():
     source = {"image": torch.full((3, 2, 3), 200.0), "sem_seg": torch.tensor([[0, 1, 2], [2, IGNORE, 1]])}
     target = {"image": torch.full((3, 2, 3), 10.0, dtype=torch.float32)}

@@ -128,6 +128,9 @@ def test_unreadable_files_are_errors_naming_them(tmp_path):
     mapped = SegDatasetMapper(cfg, is_train=True)(records[0])
     assert mapped["sem_seg"].dtype == torch.long and mapped["image"].shape[0] == 3
     assert "sem_seg" not in SegDatasetMapper(cfg, is_train=True, labelled=False)(records[0])  # target: no labels
+    cfg.MIC.LOG_PSEUDO_LABEL_QUALITY = True  # ... but kept apart for scoring pseudo-labels, when asked
+    scored = SegDatasetMapper(cfg, is_train=True, labelled=False)(records[0])
+    assert "sem_seg" not in scored and scored["sem_seg_for_scoring"].shape == mapped["sem_seg"].shape
 
 
 def test_domains_must_share_classes_and_the_head_must_match(tmp_path):
