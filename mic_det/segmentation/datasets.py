@@ -89,7 +89,8 @@ def load_seg_pairs(
             raise FileNotFoundError(f"Dataset '{name}': {what} folder {folder} does not exist.")
     images = [p for p in list_images(image_dir) if not image_suffix or p.endswith(image_suffix)]
     if not images:
-        raise ValueError(f"Dataset '{name}': no images{' *' + image_suffix if image_suffix else ''} in {image_dir}.")
+        pattern = f" *{image_suffix}" if image_suffix else ""
+        raise ValueError(f"Dataset '{name}': no images{pattern} in {image_dir}.")
     labels = [_label_path(p, image_dir, label_dir, image_suffix, label_suffix) for p in images]
     missing = [lab for lab in labels if not os.path.isfile(lab)]
     if missing:
@@ -111,7 +112,8 @@ def load_seg_pairs(
         try:
             size = image_size(r["file_name"])
         except Exception as e:  # PIL raises several types for broken headers
-            raise ValueError(f"Dataset '{name}': cannot read image {r['file_name']} ({type(e).__name__}: {e})") from None
+            reason = f"{type(e).__name__}: {e}"
+            raise ValueError(f"Dataset '{name}': cannot read image {r['file_name']} ({reason})") from None
         read_dataset_label(name, r["sem_seg_file_name"], image_size=size)
     logger.info("Loaded %d image/label pairs of dataset '%s' from %s and %s.", len(records), name, image_dir, label_dir)
     return records
@@ -207,7 +209,8 @@ def register_seg_benchmarks() -> List[str]:
                 "_rgb_anon.png", "_gt_labelIds.png"))
     dz_train = _Lazy("dark_zurich", "rgb_anon", "train", "night")  # unlabelled: the target stream
     _replace_registration("dark_zurich_seg_train")
-    DatasetCatalog.register("dark_zurich_seg_train", lambda: load_image_folder(os.fspath(dz_train), "dark_zurich_seg_train"))
+    DatasetCatalog.register(
+        "dark_zurich_seg_train", lambda: load_image_folder(os.fspath(dz_train), "dark_zurich_seg_train"))
     MetadataCatalog.get("dark_zurich_seg_train").set(labelled=False, stuff_classes=list(CITYSCAPES_CLASSES))
     names.append("dark_zurich_seg_train")
     names.append(_register_benchmark(
@@ -230,8 +233,3 @@ def _register_acdc_all(name: str, split: str) -> str:
     DatasetCatalog.register(name, load)
     return name
 
-
-def check_labelled(name: str) -> None:
-    """Raise a clear error if ``name`` is not a labelled segmentation set (used by the evaluator)."""
-    if MetadataCatalog.get(name).get("stuff_classes") is None:
-        raise LabelError(f"Dataset '{name}' has no stuff_classes: it is not a labelled segmentation set")

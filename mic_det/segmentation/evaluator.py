@@ -17,7 +17,7 @@ import json
 import math
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 from detectron2.data import MetadataCatalog
@@ -52,8 +52,10 @@ class SegReportEvaluator(SemSegEvaluator):
     def __init__(self, dataset_name: str, output_dir: str, model_tag: str = "student", iteration: int = -1,
                  config_name: str = "", figure_images: int = 4, image_format: str = "BGR",
                  distributed: bool = True):
-        super().__init__(dataset_name, distributed=distributed, output_dir=None,
-                         sem_seg_loading_fn=lambda path, dtype=int: read_dataset_label(dataset_name, path).astype(dtype))
+        def load(path: str, dtype=int) -> np.ndarray:
+            return read_dataset_label(dataset_name, path).astype(dtype)
+
+        super().__init__(dataset_name, distributed=distributed, output_dir=None, sem_seg_loading_fn=load)
         self.report_dir = output_dir
         self.model_tag, self.iteration, self.config_name = model_tag, iteration, config_name
         self.figure_images = figure_images
@@ -93,7 +95,8 @@ class SegReportEvaluator(SemSegEvaluator):
         report = {
             "model": self.model_tag, "dataset": self._dataset_name, "iteration": self.iteration,
             "config": self.config_name, "classes": classes,
-            "per_class": {"IoU": [clean.get(f"IoU-{c}") for c in classes], "ACC": [clean.get(f"ACC-{c}") for c in classes]},
+            "per_class": {"IoU": [clean.get(f"IoU-{c}") for c in classes],
+                          "ACC": [clean.get(f"ACC-{c}") for c in classes]},
             "sem_seg": clean,
         }
         with open(base + ".json", "w") as f:

@@ -36,7 +36,9 @@ def build_seg_augmentations(cfg: CfgNode, is_train: bool, labelled: bool = True)
     sizes = cfg.INPUT.MIN_SIZE_TRAIN
     if not labelled and tuple(cfg.SEG.TARGET_MIN_SIZE_TRAIN) != (-1,):
         sizes = cfg.SEG.TARGET_MIN_SIZE_TRAIN
-    augs: List[T.Augmentation] = [T.ResizeShortestEdge(sizes, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
+    augs: List[T.Augmentation] = [
+        T.ResizeShortestEdge(sizes, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+    ]
     if cfg.INPUT.CROP.ENABLED:
         if labelled:
             augs.append(T.RandomCrop_CategoryAreaConstraint(

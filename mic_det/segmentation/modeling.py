@@ -104,12 +104,12 @@ class MICSemanticSegmentor(SemanticSegmentor):
         targets = self._padded([x["sem_seg"].to(self.device) for x in batched_inputs], ignore)
         weights = None
         if any(WEIGHT_KEY in x for x in batched_inputs):
-            weights = self._padded(
-                [x[WEIGHT_KEY].to(self.device) if WEIGHT_KEY in x else torch.ones_like(x["sem_seg"], dtype=torch.float32,
-                                                                                      device=self.device)
-                 for x in batched_inputs],
-                0.0,
-            )
+            per_image = [
+                x[WEIGHT_KEY].to(self.device) if WEIGHT_KEY in x
+                else torch.ones(x["sem_seg"].shape, dtype=torch.float32, device=self.device)  # labelled: weight 1
+                for x in batched_inputs
+            ]
+            weights = self._padded(per_image, 0.0)
             _, losses = self.sem_seg_head(features, targets, weights)
         else:
             _, losses = self.sem_seg_head(features, targets)

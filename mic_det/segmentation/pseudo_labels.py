@@ -69,11 +69,14 @@ def pseudo_label_stats(pseudo: Sequence[Dict[str, torch.Tensor]], min_share: flo
         "quality_weight": q,
         "confident_share": sum(float(p["confident"].float().mean()) for p in pseudo) / n,
         "mean_max_prob": sum(float(p["max_prob"].mean()) for p in pseudo) / n,
-        "confident_classes_per_image": sum(classes_present(p["sem_seg"], min_share, p["confident"]) for p in pseudo) / n,
+        "confident_classes_per_image":
+            sum(classes_present(p["sem_seg"], min_share, p["confident"]) for p in pseudo) / n,
     }
 
 
-def pseudo_label_accuracy(pseudo: Sequence[Dict[str, torch.Tensor]], labels: Sequence[torch.Tensor]) -> Dict[str, float]:
+def pseudo_label_accuracy(
+    pseudo: Sequence[Dict[str, torch.Tensor]], labels: Sequence[torch.Tensor]
+) -> Dict[str, float]:
     """Pixel accuracy of the pseudo-labels against the target's own labels (all / confident pixels)."""
     right = total = right_conf = total_conf = 0
     for p, gt in zip(pseudo, labels):

@@ -19,7 +19,7 @@ process draws, the others wait), with a log line saying so.
 import json
 import logging
 import os
-from typing import Dict, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
 import cv2
 import numpy as np

@@ -15,12 +15,13 @@ Per MIC step (the engine's :class:`~mic_det.engine.MICStep` calls these):
 
 ``MIC.LOSS_WEIGHT 0`` is DACS alone (self-training without masking).
 """
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
-from detectron2.utils.events import EventStorage
+from detectron2.utils.events import EventStorage, get_event_storage
 
 from ..augment import MaskAugmentation
 from ..engine.task import MIC_TASK_REGISTRY, MICTask
@@ -32,6 +33,10 @@ from .modeling import PIXEL_ACCURACY, WEIGHT_KEY
 from .pseudo_labels import classes_present, make_pseudo_labels, pseudo_label_accuracy, pseudo_label_stats
 
 __all__ = ["SegmentationTask"]
+
+logger = logging.getLogger(__name__)
+#: Steps between console lines of pseudo-label statistics (Detectron2's writers print losses only).
+CONSOLE_PERIOD = 20
 
 
 @MIC_TASK_REGISTRY.register()
@@ -75,7 +80,14 @@ class SegmentationTask(MICTask):
         return bool(target[WEIGHT_KEY].sum() > 0)
 
     def pseudo_label_stats(self, targets: Sequence[Dict[str, torch.Tensor]]) -> Dict[str, float]:
-        return pseudo_label_stats(targets, self.min_share)
+        """The mic/* scalars; every CONSOLE_PERIOD steps also one console line."""
+        stats = pseudo_label_stats(targets, self.min_share)
+        it = get_event_storage().iter
+        if it % CONSOLE_PERIOD == 0:
+            logger.info("iter %d pseudo-labels: q %.3f (confident share %.3f), mean max prob %.3f, "
+                        "confident classes/image %.1f", it, stats["quality_weight"], stats["confident_share"],
+                        stats["mean_max_prob"], stats["confident_classes_per_image"])
+        return stats
 
     def pseudo_label_quality(self, inputs: List[Dict], targets) -> Optional[Dict[str, float]]:
         labels = [x.get("sem_seg_for_scoring") for x in inputs]
