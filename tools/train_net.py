@@ -11,9 +11,9 @@ Detectron2's usual flags, plus registration of user domains:
         --register-coco src_train src.json src_images --register-folder tgt_train tgt_images
     python tools/train_net.py --config-file configs/synthetic/mic.yaml --num-gpus 2
     python tools/train_net.py --config-file configs/synthetic_seg/mic.yaml
-    python tools/train_net.py --config-file configs/synthetic_seg/mic.yaml \
-        --register-seg src_train src/images src/labels road,car,sky --register-folder tgt_train tgt/images \
-        DATASETS.TRAIN "('src_train',)" DATASETS.TRAIN_TARGET "('tgt_train',)" DATASETS.TEST "()" \
+    python tools/train_net.py --config-file configs/synthetic_seg/mic.yaml \\
+        --register-seg src_train src/images src/labels road,car,sky --register-folder tgt_train tgt/images \\
+        DATASETS.TRAIN "('src_train',)" DATASETS.TRAIN_TARGET "('tgt_train',)" DATASETS.TEST "()" \\
         MODEL.SEM_SEG_HEAD.NUM_CLASSES 3
 """
 import logging
