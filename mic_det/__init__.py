@@ -10,6 +10,7 @@ from .config import add_mic_config
 from . import data  # noqa: F401  (registers datasets)
 from . import detection  # noqa: F401  (registers DetectionTask, DomainAdaptiveRCNN, MICRPN, MICROIHeads)
 from . import classification  # noqa: F401  (registers ClassificationTask, MICClassifier, the classification sets)
+from . import segmentation  # noqa: F401  (registers SegmentationTask, MICSemanticSegmentor, the segmentation sets)
 from .data import register_coco_domain, register_image_folder
 from .engine import MICTrainer
 from .predictor import Predictor

@@ -42,6 +42,12 @@ def test_config_merges(path):
         assert cfg.MODEL.META_ARCHITECTURE == "MICClassifier"
         assert cfg.TEST.BEST_CHECKPOINT.METRIC.startswith("cls/")
         return
+    if cfg.MODEL.TASK == "SegmentationTask":
+        assert cfg.MODEL.META_ARCHITECTURE == "MICSemanticSegmentor"
+        assert cfg.MODEL.SEM_SEG_HEAD.NAME == "MICDeepLabV3PlusHead"
+        assert cfg.MODEL.SEM_SEG_HEAD.LOSS_TYPE == "cross_entropy"
+        assert cfg.TEST.BEST_CHECKPOINT.METRIC == "sem_seg/mIoU"
+        return
     assert cfg.MODEL.META_ARCHITECTURE == "DomainAdaptiveRCNN"
     assert cfg.MODEL.ROI_HEADS.NAME == "MICROIHeads" and cfg.MODEL.PROPOSAL_GENERATOR.NAME == "MICRPN"
 
@@ -54,6 +60,10 @@ def test_configs_found():
         assert f"configs/synthetic/{method}.yaml" in names
     for method in ("source_only", "cdan_mcc", "mic", "oracle"):
         assert f"configs/synthetic_cls/{method}.yaml" in names
+    for pair in ("synthetic_seg", "gta_to_cityscapes", "synthia_to_cityscapes", "cityscapes_to_acdc",
+                 "cityscapes_to_dark_zurich"):
+        for method in ("source_only", "self_training", "mic", "oracle"):
+            assert f"configs/{pair}/{method}.yaml" in names
 
 
 def test_cityscapes_foggy_reference_schedule():

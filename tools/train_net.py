@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train or evaluate a mic_det detector (source-only, UDA, MIC, MIC+UDA, oracle).
+"""Train or evaluate a mic_det detector or segmentor (source-only, UDA, self-training, MIC, MIC+UDA, oracle).
 
 Detectron2's usual flags, plus registration of user domains:
 
@@ -10,6 +10,11 @@ Detectron2's usual flags, plus registration of user domains:
     python tools/train_net.py --config-file my.yaml \\
         --register-coco src_train src.json src_images --register-folder tgt_train tgt_images
     python tools/train_net.py --config-file configs/synthetic/mic.yaml --num-gpus 2
+    python tools/train_net.py --config-file configs/synthetic_seg/mic.yaml
+    python tools/train_net.py --config-file configs/synthetic_seg/mic.yaml \\
+        --register-seg src_train src/images src/labels road,car,sky --register-folder tgt_train tgt/images \\
+        DATASETS.TRAIN "('src_train',)" DATASETS.TRAIN_TARGET "('tgt_train',)" DATASETS.TEST "()" \\
+        MODEL.SEM_SEG_HEAD.NUM_CLASSES 3
 """
 import logging
 import os
@@ -29,6 +34,7 @@ from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
 from mic_det.engine.checkpoint_hooks import TrainingInterrupted
 from mic_det.predictor import check_weights_file
+from mic_det.segmentation import register_synthetic_seg_pair
 from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint
 from mic_det.user_errors import exit_on_input_error
 
@@ -70,6 +76,8 @@ def setup(args):
         register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
     if cfg.DATASETS.SYNTHETIC_CLS_ROOT:
         register_synthetic_crops(cfg.DATASETS.SYNTHETIC_CLS_ROOT)
+    if cfg.SEG.SYNTHETIC_ROOT:
+        register_synthetic_seg_pair(cfg.SEG.SYNTHETIC_ROOT)
     register_domains_from_args(args)
     if not args.eval_only and not args.resume:
         refuse_to_overwrite(cfg)  # before default_setup writes config.yaml there

@@ -45,6 +45,7 @@ class ClassificationTask(MICTask):
 
     loss_names = ("loss_cls",)
     pseudo_count_stat = "pseudo_per_image"
+    num_classes_keys = ("MODEL.CLASSIFIER.NUM_CLASSES",)  # 0 there = from the training set (data/checks.py)
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)

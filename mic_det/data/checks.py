@@ -52,18 +52,33 @@ def check_datasets_registered(cfg) -> None:
         )
 
 
-def _thing_classes(name: str) -> Optional[List[str]]:
-    """The dataset's classes; loads a labelled set whose classes come from its file.
+def _thing_classes(name: str, key: str = "thing_classes") -> Optional[List[str]]:
+    """The dataset's classes (metadata ``key``); loads a labelled set whose classes come from its file.
 
     Loading also validates the labels, so a broken json fails here, before the
     model is built, rather than in the data loader's first worker.
     """
     meta = MetadataCatalog.get(name)
-    classes = meta.get("thing_classes")
+    classes = meta.get(key)
     if classes is None and is_labelled(name):
         DatasetCatalog.get(name)
-        classes = MetadataCatalog.get(name).get("thing_classes")
+        classes = MetadataCatalog.get(name).get(key)
+    elif is_labelled(name) and key != "thing_classes":
+        DatasetCatalog.get(name)  # segmentation sets declare classes up front: load to check their files
     return list(classes) if classes is not None else None
+
+
+def _task_class_keys(cfg) -> Tuple[str, Optional[Sequence[str]]]:
+    """The metadata key of the class list and the config keys of the model's class count, per task.
+
+    A task class may name them (``classes_metadata_key``, ``num_classes_keys``;
+    segmentation: ``stuff_classes``, ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``); detection's are the default.
+    """
+    from ..engine.task import MIC_TASK_REGISTRY  # local: the engine imports mic_det.data
+
+    name = cfg.MODEL.get("TASK", "")
+    task = MIC_TASK_REGISTRY.get(name) if name in MIC_TASK_REGISTRY else None
+    return getattr(task, "classes_metadata_key", "thing_classes"), getattr(task, "num_classes_keys", None)
 
 
 def check_domain_classes(cfg) -> None:
@@ -73,16 +88,17 @@ def check_domain_classes(cfg) -> None:
     they declare ``thing_classes``, which must then agree too.
     """
     check_datasets_registered(cfg)
+    class_key, num_keys = _task_class_keys(cfg)
     lists: Dict[str, List[str]] = {}
     for key, name in dataset_names(cfg):
         if key == "DATASETS.TRAIN_TARGET" and not is_labelled(name):
-            declared = MetadataCatalog.get(name).get("thing_classes")
+            declared = MetadataCatalog.get(name).get(class_key)
             if declared is None:
                 continue
-        classes = _thing_classes(name)
+        classes = _thing_classes(name, class_key)
         if classes is None:
             raise ValueError(
-                f"{key}: dataset '{name}' is labelled but has no thing_classes in its metadata."
+                f"{key}: dataset '{name}' is labelled but has no {class_key} in its metadata."
             )
         lists[f"{name} ({key})"] = classes
     if not lists:
@@ -90,27 +106,32 @@ def check_domain_classes(cfg) -> None:
     (ref_name, ref), *others = lists.items()
     for other_name, other in others:
         if other != ref:
+            hint = (
+                "Give both the same categories, or set thing_classes on a COCO domain "
+                "(--domains YAML) to match categories by name."
+                if class_key == "thing_classes"
+                else f"Give every domain the same {class_key} (names and order)."
+            )
             raise ValueError(
                 "Datasets disagree on their classes (names and order must match, the "
                 "class id is the position in the list):\n"
                 f"  {ref_name}: {ref}\n"
-                f"  {other_name}: {other}\n"
-                "Give both the same categories, or set thing_classes on a COCO domain "
-                "(--domains YAML) to match categories by name."
+                f"  {other_name}: {other}\n" + hint
             )
-    _check_num_classes(cfg, len(ref), ref_name, ref)
+    _check_num_classes(cfg, len(ref), ref_name, ref, num_keys)
 
 
-def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str]) -> None:
-    keys = ["MODEL.ROI_HEADS.NUM_CLASSES"]
-    if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
-        keys = ["MODEL.RETINANET.NUM_CLASSES"]
-    if cfg.MODEL.TASK == "ClassificationTask":  # 0 = inferred from DATASETS.TRAIN
-        keys = ["MODEL.CLASSIFIER.NUM_CLASSES"] if cfg.MODEL.CLASSIFIER.NUM_CLASSES > 0 else []
+def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str], keys: Optional[Sequence[str]] = None) -> None:
+    if keys is None:
+        keys = ["MODEL.ROI_HEADS.NUM_CLASSES"]
+        if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
+            keys = ["MODEL.RETINANET.NUM_CLASSES"]
     for key in keys:
         node = cfg
         for part in key.split("."):
             node = node[part]
+        if node == 0 and key == "MODEL.CLASSIFIER.NUM_CLASSES":
+            continue  # 0 = taken from the training set (mic_det/classification/config.py)
         if node != num:
             raise ValueError(
                 f"{key} is {node} but the datasets have {num} classes "

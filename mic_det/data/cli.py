@@ -5,6 +5,10 @@ Three ways, combinable, all resolved before the config's dataset names are::
     --register-coco NAME JSON IMAGE_ROOT     a labelled COCO set (repeatable)
     --register-folder NAME IMAGE_DIR         an unlabelled image folder (repeatable)
     --register-class-folder NAME IMAGE_DIR   a labelled classification folder, one subfolder per class (repeatable)
+    --register-seg NAME IMAGE_DIR LABEL_DIR CLASSES
+                                             a labelled segmentation set: images + label PNGs
+                                             paired by name, CLASSES "a,b,c" or a .txt file of
+                                             names (value i = class i; --seg-ignore-value, 255)
     --domains FILE                           a YAML file of domains (repeatable)
 
 A domains YAML is a list of mappings, or a mapping from name to mapping::
@@ -17,6 +21,12 @@ A domains YAML is a list of mappings, or a mapping from name to mapping::
     - name: indoor_smoke
       type: folder
       image_dir: indoor/frames
+    - name: streets_train
+      type: seg                  # inferred from label_dir
+      image_dir: streets/images
+      label_dir: streets/labels
+      stuff_classes: [road, car, sky]
+      ignore_value: 255          # optional
 
 Paths are checked when registering, so a typo fails at start-up naming the
 path; a key the format does not know is an error naming the file and the key
@@ -34,13 +44,17 @@ __all__ = [
     "register_domains_from_args",
     "load_domains_yaml",
     "register_domain",
+    "parse_classes",
 ]
 
 _KEYS = {
     "coco": {"name", "type", "json", "image_root", "thing_classes"},
     "folder": {"name", "type", "image_dir", "thing_classes"},
     "class_folder": {"name", "type", "image_dir", "thing_classes"},  # only with an explicit type
+    "seg": {"name", "type", "image_dir", "label_dir", "stuff_classes", "ignore_value"},
 }
+# Keys that are not paths (the others are resolved relative to the YAML's folder).
+_NOT_PATHS = {"name", "type", "thing_classes", "stuff_classes", "ignore_value"}
 
 
 def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +83,21 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("NAME", "IMAGE_DIR"),
         help="register a labelled classification folder IMAGE_DIR/<class>/<images> as NAME; classes are "
         "the sorted subfolder names (repeatable)",
+    )
+    group.add_argument(
+        "--register-seg",
+        nargs=4,
+        action="append",
+        metavar=("NAME", "IMAGE_DIR", "LABEL_DIR", "CLASSES"),
+        help="register a labelled segmentation set: images, label PNGs of the same names (x.jpg <-> x.png), "
+        "classes as 'a,b,c' or a .txt file with one name per line (repeatable)",
+    )
+    group.add_argument(
+        "--seg-ignore-value",
+        type=int,
+        default=255,
+        metavar="N",
+        help="the label value meaning 'unlabelled' in --register-seg label PNGs (default 255)",
     )
     group.add_argument(
         "--domains",
@@ -103,13 +132,13 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
         raise _spec_error(source, None, f"a domain has no 'name' (keys: {sorted(spec)})")
     kind = spec.get("type")
     if kind is None:
-        kind = "coco" if "json" in spec else "folder" if "image_dir" in spec else None
+        kind = "coco" if "json" in spec else "seg" if "label_dir" in spec else "folder" if "image_dir" in spec else None
         if kind is None:
             raise _spec_error(
                 source, name, "give 'type: coco' (json, image_root) or 'type: folder' (image_dir)"
             )
     if kind not in _KEYS:
-        raise _spec_error(source, name, f"unknown type '{kind}' (expected coco, folder or class_folder)")
+        raise _spec_error(source, name, f"unknown type '{kind}' (expected coco, folder, class_folder or seg)")
     spec["type"] = kind
     all_keys = set().union(*_KEYS.values())
     for key in spec:
@@ -125,7 +154,7 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
                 name,
                 f"key '{key}' does not apply to type {kind} " f"(allowed: {sorted(_KEYS[kind])})",
             )
-    for key in _KEYS[kind] - {"name", "type", "thing_classes"}:
+    for key in _KEYS[kind] - _NOT_PATHS:
         if key not in spec:
             raise _spec_error(source, name, f"type {kind} needs '{key}'")
         spec[key] = _resolve(spec[key], base)
@@ -136,7 +165,27 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
         raise _spec_error(
             source, name, f"thing_classes must be a non-empty list of names, got {classes!r}"
         )
+    if kind == "seg":
+        stuff = spec.get("stuff_classes")
+        if not isinstance(stuff, list) or not stuff or not all(isinstance(c, str) for c in stuff):
+            raise _spec_error(source, name, f"type seg needs stuff_classes, a non-empty list of names, got {stuff!r}")
+        if not isinstance(spec.get("ignore_value", 255), int):
+            raise _spec_error(source, name, f"ignore_value must be an integer, got {spec['ignore_value']!r}")
     return spec
+
+
+def parse_classes(text: str, flag: str = "--register-seg") -> List[str]:
+    """A class list given on the command line: a .txt file of names (one per line) or "a,b,c"."""
+    if text.endswith(".txt"):
+        if not os.path.isfile(text):
+            raise FileNotFoundError(f"{flag}: class list file {text} does not exist")
+        with open(text) as f:
+            names = [line.strip() for line in f if line.strip()]
+    else:
+        names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise ValueError(f"{flag}: the class list {text!r} names no class")
+    return names
 
 
 def load_domains_yaml(path: str) -> List[Dict[str, Any]]:
@@ -178,6 +227,9 @@ def _check_paths(spec: Dict[str, Any], source: str) -> None:
     if spec["type"] == "coco":
         _check_path(spec, "json", source, want_dir=False)
         _check_path(spec, "image_root", source, want_dir=True)
+    elif spec["type"] == "seg":
+        _check_path(spec, "image_dir", source, want_dir=True)
+        _check_path(spec, "label_dir", source, want_dir=True)
     else:
         _check_path(spec, "image_dir", source, want_dir=True)
 
@@ -192,6 +244,11 @@ def register_domain(spec: Dict[str, Any], source: str = "") -> str:
         from ..classification.datasets import register_class_folder  # lazy: data does not need classification
 
         register_class_folder(spec["name"], spec["image_dir"], spec.get("thing_classes"))
+    elif spec["type"] == "seg":
+        from ..segmentation.datasets import register_seg_domain  # local: segmentation imports mic_det.data
+
+        register_seg_domain(spec["name"], spec["image_dir"], spec["label_dir"], spec["stuff_classes"],
+                            ignore_value=spec.get("ignore_value", 255))
     else:
         register_image_folder(spec["name"], spec["image_dir"], metadata=meta)
     return spec["name"]
@@ -220,6 +277,11 @@ def register_domains_from_args(args: argparse.Namespace) -> List[str]:
     for name, image_dir in getattr(args, "register_class_folder", None) or []:
         spec = {"name": name, "type": "class_folder", "image_dir": _resolve(image_dir, os.getcwd())}
         entries.append((spec, "--register-class-folder"))
+    for name, image_dir, label_dir, classes in getattr(args, "register_seg", None) or []:
+        spec = {"name": name, "type": "seg", "image_dir": _resolve(image_dir, os.getcwd()),
+                "label_dir": _resolve(label_dir, os.getcwd()), "stuff_classes": parse_classes(classes),
+                "ignore_value": getattr(args, "seg_ignore_value", 255)}
+        entries.append((spec, "--register-seg"))
     seen: Dict[str, str] = {}
     for spec, source in entries:
         if spec["name"] in seen:

@@ -31,6 +31,7 @@ detection, segmentation and classification versions of the built-in pair):
 ``raster``          placing a shape in the camera and drawing it with cv2
 ``background``      sky, hills, road, facades
 ``scene``           :func:`generate_scene`: all of the above + occlusion + shift
+``semantic``        the per-pixel classes (:func:`generate_labelled_scene`)
 ``shifts``          fog and night on a scene, their defaults and why
 ``layout``          the set on disk: splits, seeds, info files
 ``writer``          :func:`write_domain_pair`, :func:`write_night_splits`
@@ -50,7 +51,8 @@ from .layout import (
     read_night_info,
 )
 from .registration import default_synthetic_root, ensure_synthetic_set, generation_lock, register_synthetic_pair
-from .scene import generate_scene
+from .scene import generate_labelled_scene, generate_scene
+from .semantic import SEMANTIC_CLASSES
 from .shapes import SYNTHETIC_CLASSES
 from .shifts import DEFAULT_ATMOSPHERIC_LIGHT, DEFAULT_BETA, DEFAULT_NIGHT
 from .writer import DEFAULT_PARAMS, write_domain_pair, write_night_splits
@@ -68,6 +70,8 @@ __all__ = [
     "DEFAULT_NIGHT",
     "DEFAULT_PARAMS",
     "generate_scene",
+    "generate_labelled_scene",
+    "SEMANTIC_CLASSES",
     "write_domain_pair",
     "write_night_splits",
     "domain_pair_info",

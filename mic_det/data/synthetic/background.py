@@ -1,10 +1,13 @@
 """The scene behind the objects: sky, distant hills, the road and its sides, facades."""
+from typing import Optional
+
 import cv2
 import numpy as np
 
 from .camera import Camera
 from .palette import glass_colour, hsv
 from .raster import FP, SHIFT
+from .semantic import BUILDING, ROAD, SIDEWALK, SKY, TERRAIN
 
 __all__ = ["lowfreq_noise", "draw_sky", "draw_hills", "draw_ground", "draw_buildings"]
 
@@ -16,8 +19,12 @@ def lowfreq_noise(rng: np.random.Generator, height: int, width: int, cell: int) 
     return np.clip(cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC) / 2, -1, 1)
 
 
-def draw_sky(img: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
-    """Vertical gradient (blue day or grey overcast) with soft clouds."""
+def draw_sky(img: np.ndarray, rng: np.random.Generator, cam: Camera, labels: Optional[np.ndarray] = None) -> None:
+    """Vertical gradient (blue day or grey overcast) with soft clouds.
+
+    ``labels`` (here and below): a uint8 label map painted with the same
+    geometry (see :mod:`.semantic`); it never changes what is drawn from ``rng``.
+    """
     if rng.random() < 0.7:
         top = np.array(hsv(rng.uniform(0.55, 0.63), rng.uniform(0.3, 0.7), rng.uniform(0.65, 0.95)))
     else:
@@ -29,9 +36,12 @@ def draw_sky(img: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
     clouds = np.clip(lowfreq_noise(rng, rows, cam.width, 24) * rng.uniform(0.5, 1.5), 0, 1)
     sky = sky + (250 - sky) * clouds[:, :, None] * 0.8
     img[:rows] = sky[: img.shape[0]]
+    if labels is not None:
+        labels[:rows] = SKY
 
 
-def draw_hills(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
+def draw_hills(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, cam: Camera,
+               labels: Optional[np.ndarray] = None) -> None:
     """A distant ridge or tree line just above the horizon."""
     bumps = 0.5 + 0.5 * lowfreq_noise(rng, 1, cam.width, 40)[0]
     ridge = cam.horizon - bumps * cam.height * rng.uniform(0.02, 0.1)
@@ -39,6 +49,8 @@ def draw_hills(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, cam
     mask = (rows >= ridge[None, :]) & (rows < cam.horizon + 1)
     col = np.array(hsv(rng.uniform(0.2, 0.6), rng.uniform(0.1, 0.4), rng.uniform(0.3, 0.6)))
     img[mask] = col
+    if labels is not None:
+        labels[mask] = TERRAIN
     depth[mask] = rng.uniform(300, 600)
 
 
@@ -49,7 +61,7 @@ def wedge(cam: Camera, x0: float, x1: float) -> np.ndarray:
     return np.round(np.array(pts) * FP).astype(np.int32)
 
 
-def draw_ground(img: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
+def draw_ground(img: np.ndarray, rng: np.random.Generator, cam: Camera, labels: Optional[np.ndarray] = None) -> None:
     """Terrain, sidewalks, kerbs, asphalt and dashed lane marks, all in perspective."""
     h = int(np.floor(cam.horizon))
     if rng.random() < 0.5:  # grass
@@ -57,14 +69,19 @@ def draw_ground(img: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
     else:  # dirt, gravel
         terrain = hsv(rng.uniform(0.05, 0.12), rng.uniform(0.1, 0.3), rng.uniform(0.45, 0.7))
     img[h:] = terrain
+    if labels is not None:
+        labels[h:] = TERRAIN
     left, right = -rng.uniform(3.0, 9.0), rng.uniform(3.0, 9.0)
     walk = hsv(rng.uniform(0.05, 0.12), rng.uniform(0.0, 0.2), rng.uniform(0.55, 0.8))
     kerb = hsv(0, 0, rng.uniform(0.7, 0.9))
     asphalt = hsv(0.6, rng.uniform(0.0, 0.1), rng.uniform(0.25, 0.45))
     ww = rng.uniform(2.0, 4.0)
-    for a, b, col in ((left - ww, left, walk), (right, right + ww, walk),
-                      (left - 0.2, left, kerb), (right, right + 0.2, kerb), (left, right, asphalt)):
+    for a, b, col, label in ((left - ww, left, walk, SIDEWALK), (right, right + ww, walk, SIDEWALK),
+                             (left - 0.2, left, kerb, SIDEWALK), (right, right + 0.2, kerb, SIDEWALK),
+                             (left, right, asphalt, ROAD)):
         cv2.fillPoly(img, [wedge(cam, a, b)], col, cv2.LINE_AA, SHIFT)
+        if labels is not None:
+            cv2.fillPoly(labels, [wedge(cam, a, b)], label, cv2.LINE_8, SHIFT)
     mark = (240.0, 240.0, 235.0) if rng.random() < 0.8 else (235.0, 200.0, 60.0)
     lanes = [0.5 * (left + right)] if right - left > 7 else []
     lanes += [left + 0.3, right - 0.3]
@@ -82,7 +99,8 @@ def draw_ground(img: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
     img[h:] *= (1 + 0.08 * tex)[:, :, None]
 
 
-def draw_buildings(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, cam: Camera) -> None:
+def draw_buildings(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator, cam: Camera,
+                   labels: Optional[np.ndarray] = None) -> None:
     """Fronto-parallel facades with window grids on both sides of the road, far to near."""
     blocks = []
     for side in (-1, 1):
@@ -101,6 +119,8 @@ def draw_buildings(img: np.ndarray, depth: np.ndarray, rng: np.random.Generator,
         facade = np.array(hsv(rng.uniform(0.0, 0.15), rng.uniform(0.05, 0.4), rng.uniform(0.35, 0.8)))
         region = img[top:base, c0:c1]
         region[:] = facade
+        if labels is not None:
+            labels[top:base, c0:c1] = BUILDING
         period = cam.focal * rng.uniform(2.8, 3.6) / d
         if period >= 3:
             yy = (np.arange(top, base)[:, None] - base) % period

@@ -13,10 +13,11 @@ from .background import draw_buildings, draw_ground, draw_hills, draw_sky
 from .camera import camera_response, random_camera
 from .clutter import CLUTTER_BUILDERS
 from .raster import Item, draw, place
+from .semantic import object_label
 from .shapes import OBJECT_BUILDERS, SYNTHETIC_CLASSES
 from .shifts import DEFAULT_ATMOSPHERIC_LIGHT, apply_shifts
 
-__all__ = ["generate_scene"]
+__all__ = ["generate_scene", "generate_labelled_scene"]
 
 # Annotated objects are drawn between these box heights (pixels / fraction of H).
 MIN_OBJECT_PX = 12.0
@@ -70,6 +71,27 @@ def _sample_objects(rng, cam, n, min_px, max_px) -> List[Item]:
     return [place(OBJECT_BUILDERS[c](rng), rng, cam, min_px, max_px) for c in classes]
 
 
+def generate_labelled_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    beta: float = 0.0,
+    atmospheric_light: Union[float, Sequence[float]] = DEFAULT_ATMOSPHERIC_LIGHT,
+    night: Optional[LowLight] = None,
+) -> Tuple[np.ndarray, np.ndarray, List[dict], np.ndarray]:
+    """:func:`generate_scene` plus its per-pixel labels: ``(image, depth, annotations, labels)``.
+
+    ``labels`` is a uint8 HxW map of indices into
+    :data:`~mic_det.data.synthetic.semantic.SEMANTIC_CLASSES`, painted with the
+    image's geometry (objects by their placement masks, near over far). Image,
+    depth and annotations are those :func:`generate_scene` gives for the same
+    ``rng`` state, byte for byte; fog and night do not change the labels.
+    """
+    labels = np.zeros((height, width), np.uint8)
+    img, depth, annotations = _draw_scene(rng, height, width, beta, atmospheric_light, night, labels)
+    return img, depth, annotations, labels
+
+
 def generate_scene(
     rng: np.random.Generator,
     height: int,
@@ -78,7 +100,7 @@ def generate_scene(
     atmospheric_light: Union[float, Sequence[float]] = DEFAULT_ATMOSPHERIC_LIGHT,
     night: Optional[LowLight] = None,
 ) -> Tuple[np.ndarray, np.ndarray, List[dict]]:
-    """Draw one street scene.
+    """Draw one street scene (:func:`generate_labelled_scene` adds its label map).
 
     Args:
         rng: the scene's only source of randomness (same state -> same scene).
@@ -101,15 +123,20 @@ def generate_scene(
             ``area`` (box area), ``iscrowd`` 0, plus ``depth`` (m) and
             ``visible_fraction`` for analysis.
     """
+    return _draw_scene(rng, height, width, beta, atmospheric_light, night, None)
+
+
+def _draw_scene(rng, height, width, beta, atmospheric_light, night, labels: Optional[np.ndarray]):
+    """generate_scene's drawing; paints ``labels`` too when given (no other difference)."""
     cam = random_camera(rng, height, width)
     img = np.zeros((height, width, 3), np.float32)
     depth = cam.ground_depth()
-    draw_sky(img, rng, cam)
+    draw_sky(img, rng, cam, labels)
     if rng.random() < 0.7:
-        draw_hills(img, depth, rng, cam)
-    draw_ground(img, rng, cam)
+        draw_hills(img, depth, rng, cam, labels)
+    draw_ground(img, rng, cam, labels)
     if rng.random() < 0.8:
-        draw_buildings(img, depth, rng, cam)
+        draw_buildings(img, depth, rng, cam, labels)
     img = np.clip(img, 0, 255).astype(np.uint8)
 
     max_px = MAX_OBJECT_FRAC * height
@@ -139,6 +166,8 @@ def generate_scene(
     for it, _, _ in reversed(kept):  # back to front
         draw(img, it.ops)
         depth[it.mask] = it.depth
+        if labels is not None:
+            labels[it.mask] = object_label(it.shape.category)
 
     img = apply_shifts(img, depth, rng, beta, atmospheric_light, night)
     return camera_response(img, rng), depth, annotations
