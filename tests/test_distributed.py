@@ -39,8 +39,8 @@ def _train_and_dump(root: str, out: str, weights: str):
     mic_losses = step._mic_losses
     recorded = []
 
-    def recording(target):
-        losses = mic_losses(target)
+    def recording(target, source=None):
+        losses = mic_losses(target, source)
         recorded.append({k: float(v.detach()) for k, v in losses.items()})
         return losses
 
