@@ -121,7 +121,7 @@ def test_builtin_crops_are_generated_on_first_use(tmp_path, caplog):
     names = register_synthetic_crops(str(tmp_path), prefix="cls_t_crops", params=params)
     with caplog.at_level(logging.INFO, logger="mic_det"):
         records = DatasetCatalog.get("cls_t_crops_foggy_train")
-    assert "generating them now" in caplog.text and str(tmp_path) in caplog.text
+    assert "generating it now" in caplog.text and str(tmp_path) in caplog.text
     info = json.load(open(tmp_path / "info.json"))
     assert info["crops"]["foggy_train"] == len(records) > 0 and len(names) == 4
     assert MetadataCatalog.get("cls_t_crops_clear_val").thing_classes == info["classes"]

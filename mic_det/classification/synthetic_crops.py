@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..data.synthetic import SYNTHETIC_CLASSES
-from ..data.synthetic.registration import generation_lock
+from ..data.synthetic.registration import generate_once
 from ..data.synthetic.scene import generate_scene
 from .datasets import load_class_folder, register_classification_set
 
@@ -109,19 +109,10 @@ def _read_info(root: str) -> Optional[Dict]:
 def ensure_crop_set(root: str, params: Optional[Mapping] = None) -> Dict:
     """Make sure a complete crop set is in ``root`` (generate it, once, under the root's lock)."""
     root = os.path.abspath(os.fspath(root))
-    info = _read_info(root)
-    if info is None:
-        with generation_lock(root):
-            info = _read_info(root)
-            if info is None:
-                p = {**DEFAULT_CROP_PARAMS, **dict(params or {})}
-                logger.info("The built-in classification crops are not in %s: generating them now (%s scenes of "
-                            "%dx%d, seed %d, fog beta %g, %d px crops). This happens once.", root,
-                            "/".join(str(v) for v in p["scenes"].values()), p["height"], p["width"], p["seed"],
-                            p["beta"], p["crop"])
-                info = write_crop_pair(root, **p)
-                logger.info("Wrote the classification crops to %s: %s.", root, info["crops"])
-    return info
+    p = {**DEFAULT_CROP_PARAMS, **dict(params or {})}
+    what = (f"The built-in classification crops ({'/'.join(str(v) for v in p['scenes'].values())} scenes of "
+            f"{p['height']}x{p['width']}, seed {p['seed']}, fog beta {p['beta']:g}, {p['crop']} px crops)")
+    return generate_once(root, _read_info, lambda: write_crop_pair(root, **p), what)
 
 
 def register_synthetic_crops(root: Optional[str] = None, prefix: str = "synthetic_cls",

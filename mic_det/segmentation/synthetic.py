@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ..data.synthetic import DEFAULT_ATMOSPHERIC_LIGHT, DEFAULT_BETA, GENERATOR_VERSION, SEMANTIC_CLASSES
-from ..data.synthetic import generate_labelled_scene, generation_lock
+from ..data.synthetic import generate_labelled_scene, generate_once
 from ..data.synthetic.layout import image_rng
 from .datasets import register_seg_domain
 
@@ -98,18 +98,11 @@ def _read_info(root: str) -> Optional[dict]:
 def ensure_seg_pair(root: str, params: Optional[Mapping] = None) -> dict:
     """Make sure a complete set is in ``root`` (drawing it once, under the lock); return its info."""
     root = os.path.abspath(os.fspath(root))
-    info = _read_info(root)
-    if info is None:
-        with generation_lock(root):
-            info = _read_info(root)
-            if info is None:
-                p = {**DEFAULT_SEG_PARAMS, **dict(params or {})}
-                count = sum(v for k, v in p.items() if k.startswith("num_"))
-                logger.info("The built-in segmentation pair is not in %s: generating it now (%d images + labels of "
-                            "%dx%d, seed %d, fog beta %g). This happens once.", root, count, p["height"], p["width"],
-                            p["seed"], p["beta"])
-                info = write_seg_pair(root, **p)
-    return info
+    p = {**DEFAULT_SEG_PARAMS, **dict(params or {})}
+    count = sum(v for k, v in p.items() if k.startswith("num_"))
+    what = (f"The built-in segmentation pair ({count} images + labels of {p['height']}x{p['width']}, "
+            f"seed {p['seed']}, fog beta {p['beta']:g})")
+    return generate_once(root, _read_info, lambda: write_seg_pair(root, **p), what)
 
 
 def register_synthetic_seg_pair(root: str, prefix: str = "synthetic_seg", generate: bool = True,

@@ -50,7 +50,13 @@ from .layout import (
     read_domain_pair_info,
     read_night_info,
 )
-from .registration import default_synthetic_root, ensure_synthetic_set, generation_lock, register_synthetic_pair
+from .registration import (
+    default_synthetic_root,
+    ensure_synthetic_set,
+    generate_once,
+    generation_lock,
+    register_synthetic_pair,
+)
 from .scene import generate_labelled_scene, generate_scene
 from .semantic import SEMANTIC_CLASSES
 from .shapes import SYNTHETIC_CLASSES
@@ -80,6 +86,7 @@ __all__ = [
     "read_night_info",
     "register_synthetic_pair",
     "ensure_synthetic_set",
+    "generate_once",
     "generation_lock",
     "default_synthetic_root",
 ]

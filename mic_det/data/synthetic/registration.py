@@ -13,7 +13,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
-from typing import Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, Iterator, List, Mapping, Optional, Tuple
 
 from ..low_light import LowLight, describe
 from .layout import (
@@ -33,7 +33,8 @@ from .layout import (
 from .shapes import SYNTHETIC_CLASSES
 from .writer import DEFAULT_PARAMS, write_domain_pair, write_night_splits
 
-__all__ = ["default_synthetic_root", "register_synthetic_pair", "ensure_synthetic_set", "generation_lock"]
+__all__ = ["default_synthetic_root", "register_synthetic_pair", "ensure_synthetic_set", "generation_lock",
+           "generate_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,24 @@ def describe_set(pair: dict, night: Optional[dict]) -> str:
     default = pair == domain_pair_info(**defaults) and (
         night is None or night["night"] == DEFAULT_PARAMS["night"].as_dict())
     return text + ("" if default else "  [not the defaults]")
+
+
+def generate_once(root: str, read: Callable[[str], Optional[dict]], write: Callable[[], dict], what: str) -> dict:
+    """The info of the complete set in ``root``, drawing it with ``write()`` if ``read(root)`` finds none.
+
+    Checked again under the root's lock, so processes started together (DDP
+    ranks, benchmark jobs) draw a set once and the others wait for it.
+    ``what`` (e.g. "The built-in segmentation pair (400/50 images of 128x160)")
+    is logged before drawing.
+    """
+    info = read(root)
+    if info is None:
+        with generation_lock(root):
+            info = read(root)  # another process may have made it meanwhile
+            if info is None:
+                logger.info("%s is not in %s: generating it now. This happens once.", what, root)
+                info = write()
+    return info
 
 
 def ensure_synthetic_set(root: str, night: bool = False, params: Optional[Mapping] = None,
