@@ -36,6 +36,7 @@ Finished runs are skipped and interrupted ones resume from their last
 checkpoint, so re-running a command continues it.
 """
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -262,11 +263,57 @@ def final_record(out: str, iters: int, target_val: str) -> Optional[Dict]:
     return found
 
 
+def finished_control_elsewhere(out: str, budget: Budget) -> Optional[str]:
+    """``model_final.pth`` of the same seed's control run under another shift, finished with this budget.
+
+    Source-only training never sees the target, so the control of one shift
+    *is* the control of every shift: it only needs evaluating on this one.
+    """
+    seed_dir = os.path.dirname(out)
+    shifts_root = os.path.dirname(os.path.dirname(seed_dir))
+    here = os.path.basename(os.path.dirname(seed_dir))
+    for shift in sorted(os.listdir(shifts_root)) if os.path.isdir(shifts_root) else []:
+        other = os.path.join(shifts_root, shift, os.path.basename(seed_dir), "control")
+        final = os.path.join(other, "model_final.pth")
+        if shift == here or not os.path.isfile(final) or not os.path.isfile(os.path.join(other, "metrics.json")):
+            continue
+        with open(os.path.join(other, "metrics.json")) as f:
+            if any(json.loads(line).get("iteration", -1) >= budget.total - 1 and "student/" in line for line in f):
+                return final
+    return None
+
+
+def evaluate_shared_control(seed: int, out: str, budget: Budget, weights: str, threads: Optional[int]) -> float:
+    """Evaluate another shift's control model on this shift; write its record as a training run would."""
+    os.makedirs(out, exist_ok=True)
+    cmd = [sys.executable, "tools/train_net.py", "--config-file", budget.config("control"), "--eval-only",
+           "--eval-model", "student", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out,
+           "DATASETS.TEST", f"('{budget.target_val}','{SOURCE_VAL}')"] + budget.overrides
+    print(f"[seed {seed}] control: the same run as {os.path.dirname(weights)}, evaluated here: {' '.join(cmd)}",
+          flush=True)
+    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    record = {"iteration": budget.total, "shared_control": weights}
+    for dataset in (budget.target_val, SOURCE_VAL):
+        reports = sorted(glob.glob(os.path.join(out, "inference", f"report_student_{dataset}_iter*.json")),
+                         key=os.path.getmtime)
+        if not reports:
+            raise RuntimeError(f"{out}: the evaluation of {weights} on {dataset} wrote no report")
+        with open(reports[-1]) as f:
+            record.update({f"student/{dataset}/bbox/{k}": v for k, v in json.load(f)["bbox"].items()})
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        f.write(json.dumps(record) + "\n")
+    return wall
+
+
 def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, threads: Optional[int]) -> Dict:
     out = os.path.join(out_dir, str(seed), method)
     if final_record(out, budget.total, budget.target_val) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
         return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters}
+    shared = finished_control_elsewhere(out, budget) if method == "control" else None
+    if shared is not None:
+        wall = evaluate_shared_control(seed, out, budget, shared, threads)
+        return {"wall_seconds": wall, "skipped": False, "steps_run": 0, "shared_with": shared}
     os.makedirs(out, exist_ok=True)
     if method != "minimal_mic" and not os.path.isfile(os.path.join(out, "last_checkpoint")):
         shutil.copy(os.path.join(source["dir"], budget.checkpoint), os.path.join(out, budget.checkpoint))

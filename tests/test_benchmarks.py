@@ -85,3 +85,21 @@ def test_pseudo_label_sweep_precision_recall_f1():
     assert [r["recall"] for r in rows] == pytest.approx([2 / 3, 2 / 3, 1 / 3])
     assert rows[1]["f1"] == pytest.approx(0.8)
     assert [r["boxes_per_image"] for r in rows] == [3.0, 2.0, 1.0]
+
+
+def test_the_control_of_one_shift_is_found_for_another(tmp_path):
+    """Source-only training never sees the target: a finished fog control of the seed serves night."""
+    import json
+
+    adaptation = _load("adaptation")
+    _, budget = adaptation.parse_args(["--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
+    night_out = tmp_path / "night" / "1" / "control"
+    assert adaptation.finished_control_elsewhere(str(night_out), budget) is None
+    fog = tmp_path / "fog" / "1" / "control"
+    fog.mkdir(parents=True)
+    (fog / "model_final.pth").write_bytes(b"")
+    (fog / "metrics.json").write_text(json.dumps({"iteration": 120, "student/x/bbox/AP50": 1.0}) + "\n")
+    assert adaptation.finished_control_elsewhere(str(night_out), budget) is None  # unfinished: not the same run
+    (fog / "metrics.json").write_text(json.dumps({"iteration": 250, "student/x/bbox/AP50": 1.0}) + "\n")
+    assert adaptation.finished_control_elsewhere(str(night_out), budget) == str(fog / "model_final.pth")
+    assert adaptation.finished_control_elsewhere(str(tmp_path / "night" / "2" / "control"), budget) is None
