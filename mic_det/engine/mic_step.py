@@ -83,14 +83,7 @@ class MICStep(SimpleTrainer):
         self.pixel_std = student.pixel_std
         self.mask_augmentation = None
         if mic.MASK_AUG.ENABLED:
-            self.mask_augmentation = MaskAugmentation(
-                student.pixel_mean.flatten().tolist(),
-                student.pixel_std.flatten().tolist(),
-                color_jitter_prob=mic.MASK_AUG.COLOR_JITTER_PROB,
-                color_jitter_strength=mic.MASK_AUG.COLOR_JITTER_STRENGTH,
-                blur_prob=mic.MASK_AUG.BLUR_PROB,
-                input_format=cfg.INPUT.FORMAT,
-            )
+            self.mask_augmentation = MaskAugmentation.from_config(cfg)  # the student normalises with these
         self.amp = cfg.SOLVER.AMP.ENABLED and student.device.type == "cuda"
         if cfg.SOLVER.AMP.ENABLED and not self.amp:
             logger.warning("SOLVER.AMP.ENABLED is set but the model is on %s: training in fp32.", student.device)
