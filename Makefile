@@ -4,6 +4,8 @@
 #                   control from it, 1000 + 500 steps (DEMO_ARGS="--source-iters 2000 --adapt-iters 1000": the configs')
 #   make test       the test suite
 #   make bench      both benchmarks (accuracy, speed); see BENCHMARKS.md
+#   make bench-accuracy   detection (BENCH_ARGS), then segmentation and classification (TASK_BENCH_ARGS);
+#                   make bench-seg / bench-cls run one task alone
 
 SHELL := /bin/bash
 VENV  := .venv
@@ -21,7 +23,7 @@ PYTHON310 := $(shell \
       p="$$(pyenv root)/versions/$$v/bin/python3.10"; [ -x "$$p" ] && { echo "$$p"; break; }; done; \
   fi)
 
-.PHONY: all env demo test bench bench-accuracy bench-speed data clean-env
+.PHONY: all env demo test bench bench-accuracy bench-seg bench-cls bench-speed data clean-env
 
 all: env
 env: $(STAMP)
@@ -53,6 +55,14 @@ bench: bench-accuracy bench-speed
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/adaptation.py $(BENCH_ARGS)
+	$(PY) benchmarks/task_adaptation.py --task seg $(TASK_BENCH_ARGS)
+	$(PY) benchmarks/task_adaptation.py --task cls $(TASK_BENCH_ARGS)
+
+bench-seg: $(STAMP)
+	$(PY) benchmarks/task_adaptation.py --task seg $(TASK_BENCH_ARGS)
+
+bench-cls: $(STAMP)
+	$(PY) benchmarks/task_adaptation.py --task cls $(TASK_BENCH_ARGS)
 
 bench-speed: $(STAMP)
 	$(PY) benchmarks/speed.py $(BENCH_ARGS)

@@ -211,11 +211,22 @@ def source_model_key(config: str, opts: List[str]) -> str:
     return hashlib.sha1(json.dumps([text, opts, data]).encode()).hexdigest()[:12]
 
 
+def source_overrides(overrides: List[str]) -> List[str]:
+    """The trailing overrides that can change the source model.
+
+    ``MIC.*`` and ``UDA.*`` keys do nothing in source-only training (both are
+    off there), so an ablation of an adaptation knob reuses the cached source
+    models instead of training new ones under a new key.
+    """
+    pairs = zip(overrides[::2], overrides[1::2])
+    return [x for k, v in pairs if not k.startswith(("MIC.", "UDA.")) for x in (k, v)]
+
+
 def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[int]) -> Dict:
     """Train (or find) the seed's source model; returns its run dir and wall time."""
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
             "SOLVER.CHECKPOINT_PERIOD", str(budget.source_iters), "TEST.EVAL_PERIOD", "0",
-            "DATASETS.TEST", "()"] + budget.overrides
+            "DATASETS.TEST", "()"] + source_overrides(budget.overrides)
     config = os.path.join("configs/synthetic", "source_only.yaml")  # the clear source, shared by every shift
     key = source_model_key(config, opts)
     out = os.path.join(cache_dir, f"source_seed{seed}_{budget.source_iters}_{key}")

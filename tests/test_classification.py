@@ -129,6 +129,24 @@ def test_meta_arch_inference_format_and_training_losses():
     assert float(source_only(weighted)["loss_cls"]) == 0.0
 
 
+def test_the_grl_warm_up_counts_from_the_first_aligned_step():
+    """Resumed from a source model at UDA.START_ITER 400, the first aligned step reverses nothing yet."""
+    from detectron2.utils.events import EventStorage
+
+    def backbone_grad_of_cdan(start_iter, iteration):
+        torch.manual_seed(0)
+        model = build_model(_tiny_cfg("UDA.START_ITER", str(start_iter), "UDA.CDAN.GRL_WARM_ITERS", "100"))
+        model.train()
+        with EventStorage(iteration):
+            loss = model(_images(4, [0, 1, 2, 0]), target_inputs=_images(4))["loss_cdan"]
+        loss.backward()
+        return sum(float(p.grad.abs().sum()) for p in model.backbone.parameters() if p.grad is not None)
+
+    assert backbone_grad_of_cdan(400, 400) == 0.0  # coefficient 0 at the first aligned step
+    assert backbone_grad_of_cdan(400, 450) > 0.0
+    assert backbone_grad_of_cdan(0, 400) > 0.0
+
+
 def test_evaluator_per_class_accuracy_and_mean_against_a_hand_made_case(tmp_path):
     labels, preds = [0, 0, 0, 1, 1, 2], [0, 0, 1, 1, 0, 2]
     s = accuracy_summary(labels, preds, 4)
@@ -161,20 +179,27 @@ def test_task_pseudo_label_stats_and_masked_inputs():
     assert masked[0]["image"].shape == (3, 32, 32)
 
 
-def test_the_classification_benchmark_report_pairs_seeds_and_checks_the_targets():
+def test_the_task_benchmark_report_pairs_seeds_and_checks_the_targets():
     import importlib.util
+    import sys
 
-    spec = importlib.util.spec_from_file_location("bench_cls", f"{REPO}/benchmarks/classification.py")
+    sys.path.insert(0, f"{REPO}/benchmarks")
+    spec = importlib.util.spec_from_file_location("task_adaptation", f"{REPO}/benchmarks/task_adaptation.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    task = bench.TASKS["cls"]
 
-    def fake(top1, time=None):
-        return {s: {"models": {"student": {"target_top1": top1 + s, "target_mean_class_acc": top1,
+    def fake(acc, time=None, spread=1.0):
+        return {s: {"models": {"student": {"target_mean_class_acc": acc + spread * s, "target_top1": acc,
                                            "source_top1": 80.0}}, "step_time": time} for s in (0, 1, 2)}
 
-    runs = {"control": fake(30.0), "cdan_mcc": fake(50.0, 1.0), "mic": fake(60.0, 1.5), "oracle": fake(64.0)}
-    lines, data = bench.report(runs, list(runs), [0, 1, 2])
+    runs = {"control": fake(30.0), "cdan_mcc": fake(50.0, 1.0), "mic": fake(60.0, 1.7, spread=2.0),
+            "oracle": fake(64.0)}
+    lines, data = bench.report(task, runs, list(runs), [0, 1, 2])
     met = {v["target"]: v["met"] for v in data["verdicts"]}
-    assert met["mic above cdan_mcc by more than 3 paired std"] is True  # +10 every seed, std 0
-    assert met["a MIC step <= 1.6x a CDAN+MCC step"] is True
+    # mic - cdan_mcc = 10, 11, 12 (std 1: met); cdan_mcc - control = 20 every seed (std 0: met)
+    assert met["mic above cdan_mcc by more than 3 paired std (target_mean_class_acc)"] is True
+    assert met["cdan_mcc above control by more than 3 paired std (target_mean_class_acc)"] is True
+    assert met["a MIC step <= 1.6x a cdan_mcc step"] is False  # 1.7 s vs 1.0 s
+    assert data["summary"]["mic/student"]["gain_over_control"]["values"] == [30.0, 31.0, 32.0]
     assert any("MIC on CDAN+MCC" in line for line in lines)
