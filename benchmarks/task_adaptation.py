@@ -78,7 +78,7 @@ TASKS: Dict[str, TaskBench] = {
         metrics={"target_mIoU": ("target", "sem_seg/mIoU"), "target_pACC": ("target", "sem_seg/pACC"),
                  "source_mIoU": ("source", "sem_seg/mIoU")},
         key_metric="target_mIoU", speed_target=1.5,
-        source_iters=600, adapt_iters=300,
+        source_iters=400, adapt_iters=150,
     ),
     "cls": TaskBench(
         title="Classification: built-in crops, clear -> foggy",
