@@ -113,6 +113,28 @@ def add_mic_config(cfg: CN) -> CN:
     # the same rate 0.5.
     _C.MIC.MASK_AUG.BLUR_PROB = 0.5
 
+    # ------------------------------------------------------------------ solver
+    # Sharpness-aware minimisation (SAM, Foret et al. 2021), the optimizer step of SDAT
+    # (Rangwani et al., ICML 2022), which MIC's classification results build on ("MIC on
+    # SDAT" = CDAN + MCC + SAM). An engine option (mic_det/engine/sam.py, MICStep), so
+    # any task can use it. Each step: a first pass with the *source* batch's supervised
+    # losses alone (model(source): classification loss_cls; detection all of Detectron2's
+    # supervised losses; segmentation loss_sem_seg), backward, w <- w + rho * g / ||g||_2
+    # (one norm over all parameters' gradients); then the normal step (every loss: source,
+    # domain alignment, MIC) at the perturbed weights, backward, w restored, and the
+    # optimizer steps with those gradients. Costs one more source forward + backward per
+    # step. The reference's first pass differs (see docs/classification.md): SDAT's
+    # cdan_mcc_sdat.py uses source CE + MCC on the joint source + target batch, MIC's
+    # cdan_mcc_sdat_masking.py also adds the masked loss; CDAN never enters it.
+    _C.SOLVER.SAM = CN()
+    _C.SOLVER.SAM.ENABLED = False
+    # rho, the radius of the perturbation. 0.05 is the default of SAM and of SDAT's
+    # scripts (--rho); SDAT's and MIC's published runs pass 0.02 (cls_benchmarks configs).
+    _C.SOLVER.SAM.RHO = 0.05
+    # Adaptive SAM (ASAM, Kwon et al. 2021): e_w = rho * w^2 * g / || |w| g ||. The
+    # reference has the switch and leaves it off.
+    _C.SOLVER.SAM.ADAPTIVE = False
+
     # --------------------------------------------------- base UDA (SADA / DA-Faster)
     # Defaults are the reference (sa-da-faster's da_heads.py, as MIC uses it).
     # Two kinds of weight, per discriminator:

@@ -58,7 +58,7 @@ def test_configs_found():
         assert f"configs/cityscapes_foggy/{method}_R50_FPN.yaml" in names
     for method in ("source_only", "mic", "mic_sada", "oracle"):
         assert f"configs/synthetic/{method}.yaml" in names
-    for method in ("source_only", "cdan_mcc", "mic", "oracle"):
+    for method in ("source_only", "cdan_mcc", "mic", "mic_sdat", "oracle"):
         assert f"configs/synthetic_cls/{method}.yaml" in names
     for pair in ("synthetic_seg", "gta_to_cityscapes", "synthia_to_cityscapes", "cityscapes_to_acdc",
                  "cityscapes_to_dark_zurich"):

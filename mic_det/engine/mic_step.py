@@ -8,6 +8,11 @@
                      --> student(masked view, pseudo-targets) --> *_mic losses
     sum --> backward --> optimizer step --> EMA update of the teacher
 
+With ``SOLVER.SAM.ENABLED`` (SDAT's sharpness-aware step, :mod:`.sam`) a first
+pass comes before all this: the source batch's supervised losses, backward,
+w <- w + e_w; the step above then runs at the perturbed weights, which are
+restored before the optimizer steps with its gradients.
+
 What is task-specific (pseudo-targets, where they go in the input, the
 guard's source signals) is asked of the :class:`~mic_det.engine.task.MICTask`.
 """
@@ -21,6 +26,7 @@ from detectron2.config import CfgNode
 from detectron2.engine import SimpleTrainer, TrainerBase
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from torch.nn.parallel import DistributedDataParallel
 
 from ..augment import MaskAugmentation
 from ..data.build import target_batch_size
@@ -28,6 +34,7 @@ from ..masking import BlockMaskGenerator, apply_block_mask, mask_ratio_drawn
 from ..teacher import EMATeacher, ramped_alpha, unwrap_model
 from ..utils import set_torch_rng_states
 from .optimizer_state import optimizer_param_names, remap_optimizer_state
+from .sam import SAMPerturbation, all_reduce_gradients, sam_perturb, sam_restore
 from .task import MICTask, build_task
 
 __all__ = ["MICStep"]
@@ -39,7 +46,7 @@ class MICStep(SimpleTrainer):
     """The training step of mic_det; with MIC and UDA off it is Detectron2's SimpleTrainer step.
 
     Args:
-        cfg: the full config (reads ``MIC.*``, ``UDA.ENABLED``, ``SOLVER.AMP``).
+        cfg: the full config (reads ``MIC.*``, ``UDA.ENABLED``, ``SOLVER.AMP``, ``SOLVER.SAM``).
         model: the student (possibly DistributedDataParallel-wrapped).
         source_loader, target_loader: infinite loaders of mapped dataset dicts;
             ``target_loader`` may be None when neither MIC nor UDA is on.
@@ -88,6 +95,12 @@ class MICStep(SimpleTrainer):
         if cfg.SOLVER.AMP.ENABLED and not self.amp:
             logger.warning("SOLVER.AMP.ENABLED is set but the model is on %s: training in fp32.", student.device)
         self.grad_scaler = torch.cuda.amp.GradScaler() if self.amp else None
+        sam = cfg.SOLVER.SAM
+        self.sam_enabled = sam.ENABLED
+        self.sam_rho = sam.RHO
+        self.sam_adaptive = sam.ADAPTIVE
+        if self.sam_enabled and self.sam_rho < 0:
+            raise ValueError(f"SOLVER.SAM.RHO must be >= 0, got {self.sam_rho}")
         # Set on resume: torch's RNG as the checkpoint saved it, restored after
         # the first batch is fetched (see MICTrainer.resume_or_load).
         self.torch_rng_states_to_restore = None
@@ -181,25 +194,14 @@ class MICStep(SimpleTrainer):
             logger.info("Burn-in over at iteration %d: teacher <- student, MIC on.", self.iter)
             self.teacher.reset(self.model)
 
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-        with autocast:
-            if self.uda_active:
-                loss_dict = self.model(source, target_inputs=target)
-            else:
-                loss_dict = self.model(source)
-            if self.mic_enabled:
-                self.task.log_source_signals(source, get_event_storage())
-            if self.mask_source and self.mic_active:
-                loss_dict.update(self._masked_losses(source, self.task.source_targets(source), "_masked_src"))
-            if self.mic_active:
-                loss_dict.update(self._mic_losses(target, source))
-            losses = sum(loss_dict.values())
-
-        self.optimizer.zero_grad()
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-        else:
-            losses.backward()
+        perturbation = self._sam_first_pass(source) if self.sam_enabled else None
+        try:
+            loss_dict = self._forward_backward(source, target)
+        finally:
+            # Back to w before anything else sees the weights (hooks, the optimizer, a checkpoint
+            # written because the forward raised); the gradients stay those taken at w + e_w.
+            if perturbation is not None:
+                sam_restore(perturbation)
         self.after_backward()
         self._write_metrics(loss_dict, data_time)
         self._log_skipped_images()
@@ -213,6 +215,73 @@ class MICStep(SimpleTrainer):
             if self.cfg.MIC.EMA_RAMP:
                 alpha = ramped_alpha(alpha, self.iter - self.burn_in_iters)
             self.teacher.update(self.model, alpha)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+
+    def _backward(self, losses: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+
+    def _forward_backward(self, source: List[Dict], target: Optional[List[Dict]]) -> Dict[str, torch.Tensor]:
+        """Every loss of the step (source, domain alignment, MIC), summed and back-propagated."""
+        with self._autocast():
+            if self.uda_active:
+                loss_dict = self.model(source, target_inputs=target)
+            else:
+                loss_dict = self.model(source)
+            if self.mic_enabled:
+                self.task.log_source_signals(source, get_event_storage())
+            if self.mask_source and self.mic_active:
+                loss_dict.update(self._masked_losses(source, self.task.source_targets(source), "_masked_src"))
+            if self.mic_active:
+                loss_dict.update(self._mic_losses(target, source))
+            losses = sum(loss_dict.values())
+        self._backward(losses)
+        return loss_dict
+
+    def _sam_first_pass(self, source: List[Dict]) -> SAMPerturbation:
+        """SAM's first pass: the gradient of the source batch's supervised losses at w, then w <- w + e_w.
+
+        The loss is ``model(source)``'s loss dict, the source batch alone (no target
+        batch, no teacher, no masking): classification ``loss_cls``; detection all of
+        Detectron2's supervised losses (RPN objectness and box regression, RoI
+        classification and box regression); segmentation ``loss_sem_seg``. SDAT
+        sharpens the task loss only, never the adversarial one. In train mode this
+        forward also updates BatchNorm running statistics, as the reference's does.
+
+        Under DistributedDataParallel the pass runs under ``no_sync()`` (a source-only
+        forward leaves the domain discriminators without gradients, which DDP would
+        reject at the next forward) and the gradients are averaged explicitly, so all
+        ranks perturb by the e_w of the global batch. Under AMP the loss-scaled
+        gradients give the same direction; an overflow (non-finite norm) skips the
+        perturbation for that step, logged as ``sam/skipped``.
+        """
+        params = list({id(p): p for group in self.optimizer.param_groups for p in group["params"]}.values())
+        ddp = isinstance(self.model, DistributedDataParallel)
+        with self.model.no_sync() if ddp else contextlib.nullcontext():
+            with self._autocast():
+                loss_dict = self.model(source)
+                losses = sum(loss_dict.values())
+            self._backward(losses)
+        if ddp:
+            all_reduce_gradients(params)
+        perturbation = sam_perturb(params, self.sam_rho, self.sam_adaptive)
+        self.optimizer.zero_grad()
+        storage = get_event_storage()
+        norm = perturbation.grad_norm
+        if self.grad_scaler is not None:
+            norm /= self.grad_scaler.get_scale()
+        storage.put_scalar("sam/grad_norm", norm)
+        storage.put_scalar("sam/first_pass_loss", float(losses.detach()))
+        storage.put_scalar("sam/skipped", float(perturbation.skipped), smoothing_hint=False)
+        if perturbation.skipped:
+            logger.warning("SAM: the first pass's gradient norm is %s at iteration %d: no perturbation this step.",
+                           perturbation.grad_norm, self.iter)
+        return perturbation
 
     def _log_skipped_images(self) -> None:
         """Unreadable training images skipped so far, per stream (logged once any is)."""
