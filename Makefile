@@ -49,7 +49,7 @@ demo: $(STAMP)
 	$(PY) benchmarks/adaptation.py --demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 bench: bench-accuracy bench-speed
 

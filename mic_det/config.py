@@ -89,6 +89,11 @@ def add_mic_config(cfg: CN) -> CN:
     # labelled source object (it hallucinates), or its count falls under a
     # tenth of what it was at the start (it died).
     _C.MIC.GUARD.MAX_PSEUDO_RATIO = 3.0
+    # ... or its pseudo-labels per image grow past this many times their count
+    # when adaptation started (at least 0.5 counted; 0 turns it off): a slow
+    # drift into confirming its own false boxes (measured on the night shift,
+    # see mic_det/engine/collapse_guard.py).
+    _C.MIC.GUARD.MAX_PSEUDO_GROWTH = 3.0
     # "rollback": restore student, teacher and optimizer from before the
     # collapse, multiply the lr by LR_FACTOR and go on; "stop": raise; "warn": log only.
     _C.MIC.GUARD.ACTION = "rollback"

@@ -76,9 +76,26 @@ def test_falling_source_accuracy_rolls_back_and_lowers_the_lr():
 
 def test_hallucinating_teacher_is_a_collapse():
     trainer = _Trainer()
-    guard = _guard(trainer, action="stop", max_pseudo_ratio=3.0)
-    with pytest.raises(TrainingCollapsed, match="pseudo-labels per image"):
+    guard = _guard(trainer, action="stop", max_pseudo_ratio=3.0, max_pseudo_growth=0.0)  # the ratio check alone
+    with pytest.raises(TrainingCollapsed, match="labelled objects per source image"):
         _drive(guard, trainer, [HEALTHY] * 20 + [dict(HEALTHY, pseudo_per_image=50.0)] * 10)
+
+
+def test_a_teacher_drifting_into_more_and_more_boxes_is_a_collapse():
+    """The night shift's failure: the count creeps up from ~0.5 per image, far below the source's objects."""
+    trainer = _Trainer()
+    guard = _guard(trainer, action="stop", max_pseudo_growth=3.0)
+    start = [dict(HEALTHY, pseudo_per_image=0.4)] * 20
+    creep = [dict(HEALTHY, pseudo_per_image=0.4 + 0.05 * i) for i in range(40)]  # 0.4 -> 2.35, < 3 x 4 objects
+    with pytest.raises(TrainingCollapsed, match="rose to") as err:
+        _drive(guard, trainer, start + creep)
+    # Fires once the window mean passes 3 x max(0.4, 0.5) = 1.5, not before.
+    assert "rose to 1.5" in str(err.value) or "rose to 1.6" in str(err.value)
+    # A count that doubles (fog's measured runs stayed within 2x) is left alone, and so is growth with the check off.
+    guard = _guard(_Trainer(), action="stop", max_pseudo_growth=3.0)
+    _drive(guard, guard.trainer, start + [dict(HEALTHY, pseudo_per_image=1.0)] * 40)
+    guard = _guard(_Trainer(), action="stop", max_pseudo_growth=0.0)
+    _drive(guard, guard.trainer, start + [dict(HEALTHY, pseudo_per_image=2.4)] * 40)
 
 
 def test_a_teacher_that_dies_is_a_collapse():
