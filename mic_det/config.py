@@ -93,7 +93,7 @@ def add_mic_config(cfg: CN) -> CN:
     # when adaptation started (at least 0.5 counted; 0 turns it off): a slow
     # drift into confirming its own false boxes (measured on the night shift,
     # see mic_det/engine/collapse_guard.py).
-    _C.MIC.GUARD.MAX_PSEUDO_GROWTH = 3.0
+    _C.MIC.GUARD.MAX_PSEUDO_GROWTH = 3.5
     # "rollback": restore student, teacher and optimizer from before the
     # collapse, multiply the lr by LR_FACTOR and go on; "stop": raise; "warn": log only.
     _C.MIC.GUARD.ACTION = "rollback"
