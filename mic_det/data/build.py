@@ -32,6 +32,10 @@ class ResumableSampler(Sampler):
         return itertools.islice(iter(self.sampler), self.skip, None)
 
 
+#: Any non-None sampler makes Detectron2's ``_train_loader_from_config`` skip building its own.
+_CHOSEN_LATER = object()
+
+
 def target_batch_size(cfg: CfgNode) -> int:
     """Target images per step across all workers (-1 = as many as source images)."""
     n = cfg.DATALOADER.TARGET_IMS_PER_BATCH
@@ -52,9 +56,25 @@ def _loader(kwargs: dict):
     return loader
 
 
-def build_source_loader(cfg: CfgNode, mapper: Callable, dataset: Optional[list] = None):
-    """Detectron2's train loader over ``DATASETS.TRAIN`` through the task's labelled ``mapper``."""
-    return _loader(_train_loader_from_config(cfg, mapper=mapper, dataset=dataset))
+def build_source_loader(
+    cfg: CfgNode,
+    mapper: Callable,
+    dataset: Optional[list] = None,
+    sampler_for: Optional[Callable[[list], Optional[Sampler]]] = None,
+):
+    """Detectron2's train loader over ``DATASETS.TRAIN`` through the task's labelled ``mapper``.
+
+    ``sampler_for(dataset_dicts)`` may return the stream's sampler (the task's
+    :meth:`~mic_det.engine.task.MICTask.build_source_sampler`, e.g. segmentation's
+    rare-class sampling); None keeps Detectron2's ``DATALOADER.SAMPLER_TRAIN``.
+    Either way the sampler is wrapped in :class:`ResumableSampler`.
+    """
+    sampler = None
+    if sampler_for is not None:
+        # Detectron2 loads the dicts (with its filters) without building a sampler; then the task chooses.
+        dataset = _train_loader_from_config(cfg, mapper=mapper, dataset=dataset, sampler=_CHOSEN_LATER)["dataset"]
+        sampler = sampler_for(dataset)
+    return _loader(_train_loader_from_config(cfg, mapper=mapper, dataset=dataset, sampler=sampler))
 
 
 def build_target_loader(cfg: CfgNode, mapper: Callable):

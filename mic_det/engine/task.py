@@ -6,7 +6,8 @@ a block-masked view, weighted by the teacher's confidence. The engine
 (:class:`~mic_det.engine.MICStep`, :class:`~mic_det.engine.MICTrainer`) does
 that much for any task; a task says only what differs:
 
-* data: the dataset mapper of each stream, the test loader, the evaluator;
+* data: the dataset mapper of each stream, the source stream's sampler (optional),
+  the test loader, the evaluator;
 * pseudo-labels: teacher output -> per-image targets with their quality
   weight, whether an image has any, and the statistics to log;
 * the student's input: where a target goes in the input dict;
@@ -25,6 +26,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage
 from detectron2.utils.registry import Registry
+from torch.utils.data import Sampler
 
 __all__ = ["MIC_TASK_REGISTRY", "MICTask", "build_task"]
 
@@ -60,6 +62,13 @@ class MICTask:
     def build_train_mapper(self, cfg: CfgNode, labelled: bool) -> Callable[[Dict], Optional[Dict]]:
         """The mapper of the labelled source stream (``labelled``) or of the unlabelled target stream."""
         raise NotImplementedError
+
+    def build_source_sampler(self, cfg: CfgNode, dataset_dicts: List[Dict]) -> Optional[Sampler]:
+        """The sampler of the labelled source stream over ``dataset_dicts`` (the loader's records,
+        in order), or None for Detectron2's ``DATALOADER.SAMPLER_TRAIN``. Must be infinite and
+        per-rank like Detectron2's ``TrainingSampler`` (the loader wraps it in a ``ResumableSampler``).
+        The target stream always samples uniformly."""
+        return None
 
     def build_test_loader(self, cfg: CfgNode, dataset_name: str):
         raise NotImplementedError

@@ -132,7 +132,9 @@ class MICTrainer(DefaultTrainer):
     # -------------------------------------------------------------- builders
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_source_loader(cfg, build_task(cfg).build_train_mapper(cfg, labelled=True))
+        task = build_task(cfg)
+        return build_source_loader(cfg, task.build_train_mapper(cfg, labelled=True),
+                                   sampler_for=lambda dicts: task.build_source_sampler(cfg, dicts))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):

@@ -14,6 +14,7 @@ drawn on first use). See docs/segmentation.md.
 ``datasets``       image + label folders as domains; the real benchmarks
 ``synthetic``      the built-in pair with labels
 ``mapper``         the dataset mapper of both streams and of evaluation
+``rcs``            rare-class sampling of the source stream (``SEG.RCS``)
 ``pseudo_labels``  teacher logits -> pseudo-labels, quality weight q, statistics
 ``classmix``       DACS's ClassMix
 ``evaluator``      SemSegEvaluator + reports + example figure

@@ -44,4 +44,20 @@ def add_segmentation_config(cfg: CN) -> CN:
     _C.SEG.FIGURE_IMAGES = 4
     # Root of the built-in pair with per-pixel labels ("" = $DETECTRON2_DATASETS/mic_synthetic_seg).
     _C.SEG.SYNTHETIC_ROOT = ""
+    # DAFormer's rare-class sampling (RCS) of the *source* stream (mic_det/segmentation/rcs.py):
+    # draw a class c with P(c) = softmax((1 - f_c) / T) over the source classes' pixel
+    # frequencies f_c, then an image uniformly among those holding enough of c, so that
+    # rare classes (train, bus, bicycle in GTA5) are seen often enough to be learnt before
+    # self-training forgets them. Off by default (the reference's DACS has none; DAFormer's
+    # and MIC's GTA5/SYNTHIA runs turn it on). The target stream is never resampled.
+    _C.SEG.RCS = CN()
+    _C.SEG.RCS.ENABLED = False
+    # T: lower = more weight on the rarest classes; 0.01 is the reference's.
+    _C.SEG.RCS.TEMPERATURE = 0.01
+    # An image is drawn for class c only if its label has more than this many pixels of c
+    # (the reference's strict >), counted on the label PNG at its stored size, before any
+    # resize or crop. 3000 is the reference's at GTA5's full resolution (1914x1052, i.e.
+    # 0.15% of a label); scale it with the label area for other sizes (~30 for the built-in
+    # 128x160 labels). It does not change f_c, which counts every labelled pixel.
+    _C.SEG.RCS.MIN_PIXELS = 3000
     return cfg

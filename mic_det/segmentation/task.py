@@ -22,6 +22,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader
 from detectron2.utils.events import EventStorage, get_event_storage
+from torch.utils.data import Sampler
 
 from ..augment import MaskAugmentation
 from ..engine.task import MIC_TASK_REGISTRY, MICTask
@@ -31,6 +32,7 @@ from .evaluator import SegReportEvaluator, colourise
 from .mapper import SegDatasetMapper
 from .modeling import PIXEL_ACCURACY, WEIGHT_KEY
 from .pseudo_labels import classes_present, make_pseudo_labels, pseudo_label_accuracy, pseudo_label_stats
+from .rcs import build_rcs_sampler
 
 __all__ = ["SegmentationTask"]
 
@@ -62,6 +64,15 @@ class SegmentationTask(MICTask):
     # ------------------------------------------------------------------ data
     def build_train_mapper(self, cfg: CfgNode, labelled: bool) -> SegDatasetMapper:
         return SegDatasetMapper(cfg, is_train=True, labelled=labelled)
+
+    def build_source_sampler(self, cfg: CfgNode, dataset_dicts: List[Dict]) -> Optional[Sampler]:
+        """Rare-class sampling with ``SEG.RCS.ENABLED`` (:mod:`~mic_det.segmentation.rcs`), else Detectron2's."""
+        if not cfg.SEG.RCS.ENABLED:
+            return None
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            raise ValueError(f"SEG.RCS.ENABLED replaces the source sampler; DATALOADER.SAMPLER_TRAIN "
+                             f"{cfg.DATALOADER.SAMPLER_TRAIN!r} would be ignored: leave it 'TrainingSampler'")
+        return build_rcs_sampler(cfg, dataset_dicts)
 
     def build_test_loader(self, cfg: CfgNode, dataset_name: str):
         return build_detection_test_loader(cfg, dataset_name, mapper=SegDatasetMapper(cfg, is_train=False))
