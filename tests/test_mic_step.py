@@ -292,3 +292,26 @@ def test_tensorboard_gets_the_pseudo_label_panels_and_teacher_scores(tiny_pair, 
     scores = images[SCORES_NAME]
     assert scores.shape[0] == 3 and scores.shape[1] > 100
     assert step.model.training  # the student is back in training mode after drawing
+
+
+def test_frozen_norm_statistics_keeps_running_stats_but_not_the_batch_normalisation():
+    """The masked view may be kept out of BatchNorm's running statistics; its forward and gradient stay the same."""
+    from mic_det.engine.mic_step import frozen_norm_statistics
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    x = torch.randn(2, 3, 8, 8) * 3 + 1
+    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    reference.load_state_dict(net.state_dict())
+    before = net[1].running_mean.clone(), net[1].running_var.clone()
+    with frozen_norm_statistics(net):
+        out = net(x)
+    out.sum().backward()
+    ref_out = reference(x)
+    ref_out.sum().backward()
+    assert torch.equal(net[1].running_mean, before[0]) and torch.equal(net[1].running_var, before[1])
+    assert not torch.equal(reference[1].running_mean, before[0])  # a normal training forward moves them
+    assert torch.allclose(out, ref_out) and torch.allclose(net[0].weight.grad, reference[0].weight.grad)
+    assert net[1].momentum == 0.1  # restored
+    net(x)
+    assert not torch.equal(net[1].running_mean, before[0])

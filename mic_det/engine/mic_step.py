@@ -42,6 +42,25 @@ __all__ = ["MICStep"]
 logger = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def frozen_norm_statistics(model: torch.nn.Module):
+    """BatchNorm layers normalise with their batch's statistics but leave their running ones untouched.
+
+    momentum 0 makes the running update ``(1 - 0) * running + 0 * batch``, a no-op,
+    while training-mode normalisation and gradients are unchanged.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and m.track_running_stats and m.training]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(layers, saved):
+            m.momentum = momentum
+
+
 class MICStep(SimpleTrainer):
     """The training step of mic_det; with MIC and UDA off it is Detectron2's SimpleTrainer step.
 
@@ -82,6 +101,7 @@ class MICStep(SimpleTrainer):
         self.burn_in_iters = mic.BURN_IN_ITERS
         self.ema_alpha = mic.EMA_ALPHA
         self.loss_weight = mic.LOSS_WEIGHT
+        self.masked_updates_norm_stats = mic.MASKED_VIEW_UPDATES_NORM_STATS
         self.mask_source = mic.MASK_SOURCE
         self.log_quality = mic.LOG_PSEUDO_LABEL_QUALITY
         self.mask_generator = BlockMaskGenerator(mic.MASK_BLOCK_SIZE, mic.MASK_RATIO)
@@ -339,5 +359,6 @@ class MICStep(SimpleTrainer):
         masked = self.task.masked_inputs(pixels, images.image_sizes, inputs, targets)
         if suffix == "_mic" and self.task.visualizing(storage):
             self.task.visualize(storage, student, inputs, masked)
-        losses = self.model(masked)
+        with contextlib.nullcontext() if self.masked_updates_norm_stats else frozen_norm_statistics(student):
+            losses = self.model(masked)
         return {f"{k}{suffix}": v * self.loss_weight for k, v in losses.items()}
