@@ -18,7 +18,8 @@ The MIC step's compute floor is source forward+backward + teacher forward +
 masked forward+backward, about 2.3x a source-only step. To time the full
 path, the teacher must give boxes: pass ``--weights`` (a trained checkpoint,
 e.g. the demo's source-only model); without it the pseudo-label threshold is
-set to 0 so every target image is pseudo-labelled (an upper bound).
+set to 0 so every target image is pseudo-labelled (an upper bound); the
+segmentation rows always use threshold 0 for the same reason.
 
     python benchmarks/speed.py --output benchmarks/results/speed.json \\
         --weights output/demo/source_only/model_final.pth
@@ -70,6 +71,10 @@ def worker(args) -> dict:
         opts += ["MODEL.WEIGHTS", args.weights]
     elif cfg.MIC.ENABLED and detection:
         opts += ["MIC.PSEUDO_SCORE_THRESH", "0.0"]
+    elif cfg.MIC.ENABLED and cfg.MODEL.TASK == "SegmentationTask":
+        # An untrained teacher is confident nowhere, and a target without confident
+        # pixels skips the masked forward: threshold 0 times the full path.
+        opts += ["SEG.PSEUDO_THRESHOLD", "0.0"]
     cfg.merge_from_list(opts + args.opts)
     trainer = MICTrainer(cfg)
     trainer.resume_or_load(resume=False)
