@@ -30,7 +30,7 @@ The guard watches three per-step signals that the MIC step logs
   while the pseudo-labels' precision against the (never trained on) target
   labels fell from 0.40 to 0.14, and MIC ended 3.4 AP50 under its control;
   on fog (3 seeds) and the other night seeds the count stayed under 3x of
-  its start. Slow drift, not a cliff: the source accuracy never moved.
+  its start. Slow drift, not a cliff: the source accuracy never fell.
 
 A teacher that never gives any pseudo-label is not a collapse (nothing is
 being learnt from it) but a waste of compute: the guard warns every
