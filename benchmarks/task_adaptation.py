@@ -129,13 +129,17 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
     return out
 
 
-def _final_record(out: str, total: int, task: TaskBench) -> Optional[Dict]:
+def _records(out: str) -> List[Dict]:
+    """The lines of a run's ``metrics.json`` ([] before its first write)."""
     path = os.path.join(out, "metrics.json")
     if not os.path.isfile(path):
-        return None
-    key = f"student/{task.target_val}/{task.metrics[task.key_metric][1]}"
+        return []
     with open(path) as f:
-        records = [json.loads(line) for line in f]
+        return [json.loads(line) for line in f]
+
+
+def _final_record(records: List[Dict], total: int, task: TaskBench) -> Optional[Dict]:
+    key = f"student/{task.target_val}/{task.metrics[task.key_metric][1]}"
     finals = [r for r in records if key in r and r.get("iteration", -1) >= total - 1]
     return finals[-1] if finals else None
 
@@ -145,7 +149,7 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
     """Run ``method`` for ``adapt_iters`` steps from the seed's source model (skipped when finished)."""
     out = os.path.join(out_dir, str(seed), method)
     total = source_iters + adapt_iters
-    if _final_record(out, total, task) is not None:
+    if _final_record(_records(out), total, task) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
         return out
     os.makedirs(out, exist_ok=True)
@@ -169,7 +173,8 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
 
 def read_run(task: TaskBench, out: str, source_iters: int, total: int) -> Dict:
     """Student / teacher metrics of the final evaluation and the median step time of the adaptation phase."""
-    final = _final_record(out, total, task)
+    records = _records(out)
+    final = _final_record(records, total, task)
     if final is None:
         raise RuntimeError(f"{out}: no final evaluation in metrics.json")
     models = {}
@@ -180,8 +185,6 @@ def read_run(task: TaskBench, out: str, source_iters: int, total: int) -> Dict:
             row[name] = final.get(f"{tag}/{dataset}/{key}")
         if row[task.key_metric] is not None:
             models[tag] = row
-    with open(os.path.join(out, "metrics.json")) as f:
-        records = [json.loads(line) for line in f]
     times = [r["time"] for r in records if "time" in r and r.get("iteration", 0) >= source_iters]
     return {"models": models, "step_time": statistics.median(times) if times else None}
 
