@@ -446,6 +446,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     checks = verdicts(summary, KEY_METRIC)
     pseudo = pseudo_summary(runs, budget)
     info = dataset_info()
+    if budget.shift == "night":
+        # info.json describes the clear -> foggy pair; the night splits have their own file.
+        from mic_det.data.synthetic import read_night_info
+
+        info["night"] = read_night_info(info["root"])
     columns = [("target AP50", "target_AP50"), ("target AP", "target_AP"), ("source AP50", "source_AP50")]
     lines = [f"## Adaptation benchmark: built-in clear -> {budget.shift}", "",
              f"Source model: {budget.source_iters} steps (lr x0.1 at {budget.lr_step}); every method then "

@@ -42,7 +42,10 @@ def _mic_sada_losses(root: str, output_dir: str):
     cfg.merge_from_list(
         TINY_OVERRIDES
         + ["OUTPUT_DIR", output_dir, "DATASETS.TEST", "()", "MIC.BURN_IN_ITERS", "0", "UDA.START_ITER", "0",
-           "MIC.PSEUDO_SCORE_THRESH", "0.1", "MIC.GUARD.ENABLED", "False"]
+           "MIC.PSEUDO_SCORE_THRESH", "0.1", "MIC.GUARD.ENABLED", "False",
+           # The EMA rate the losses were recorded with (the config's default then),
+           # so a change of the config's default does not read as an engine change.
+           "MIC.EMA_ALPHA", "0.99"]
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
