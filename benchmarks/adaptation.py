@@ -186,13 +186,20 @@ def execute(cmd: List[str], log_path: str, threads: Optional[int]) -> float:
     return time.perf_counter() - start
 
 
-def dataset_info() -> Dict:
-    """The built-in set's parameters (generated on first use by the first run if missing)."""
-    from mic_det.data.synthetic import default_synthetic_root, read_domain_pair_info
+def dataset_info(shift: str = "fog") -> Dict:
+    """The built-in set's parameters (generated on first use by the first run if missing).
+
+    ``info.json`` describes the clear -> foggy pair; for ``shift`` "night" the
+    night splits' own info file is added under "night".
+    """
+    from mic_det.data.synthetic import default_synthetic_root, read_domain_pair_info, read_night_info
 
     root = default_synthetic_root()
     root = root if os.path.isabs(root) else os.path.join(REPO, root)
-    return {"root": root, **(read_domain_pair_info(root) or {})}
+    info = {"root": root, **(read_domain_pair_info(root) or {})}
+    if shift == "night":
+        info["night"] = read_night_info(root)
+    return info
 
 
 def source_model_key(config: str, opts: List[str]) -> str:
@@ -445,12 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     summary = summarize(runs, budget.methods, budget.seeds, METRICS, KEY_METRIC)
     checks = verdicts(summary, KEY_METRIC)
     pseudo = pseudo_summary(runs, budget)
-    info = dataset_info()
-    if budget.shift == "night":
-        # info.json describes the clear -> foggy pair; the night splits have their own file.
-        from mic_det.data.synthetic import read_night_info
-
-        info["night"] = read_night_info(info["root"])
+    info = dataset_info(budget.shift)
     columns = [("target AP50", "target_AP50"), ("target AP", "target_AP"), ("source AP50", "source_AP50")]
     lines = [f"## Adaptation benchmark: built-in clear -> {budget.shift}", "",
              f"Source model: {budget.source_iters} steps (lr x0.1 at {budget.lr_step}); every method then "
