@@ -313,5 +313,25 @@ def test_frozen_norm_statistics_keeps_running_stats_but_not_the_batch_normalisat
     assert not torch.equal(reference[1].running_mean, before[0])  # a normal training forward moves them
     assert torch.allclose(out, ref_out) and torch.allclose(net[0].weight.grad, reference[0].weight.grad)
     assert net[1].momentum == 0.1  # restored
+    assert int(net[1].num_batches_tracked) == 0 and int(reference[1].num_batches_tracked) == 1
     net(x)
     assert not torch.equal(net[1].running_mean, before[0])
+
+
+def test_frozen_norm_statistics_leaves_a_cumulative_average_batchnorm_as_it_found_it():
+    """momentum=None BatchNorm averages with 1/num_batches_tracked: the masked forward must not count as a batch."""
+    from mic_det.engine.mic_step import frozen_norm_statistics
+
+    torch.manual_seed(0)
+    net, reference = torch.nn.BatchNorm1d(3, momentum=None), torch.nn.BatchNorm1d(3, momentum=None)
+    first, masked, second = torch.randn(8, 3), torch.randn(8, 3) * 5 + 2, torch.randn(8, 3) - 1
+    net(first)
+    reference(first)
+    with frozen_norm_statistics(net):
+        net(masked)
+    net(second)
+    reference(second)
+    assert net.momentum is None
+    # the cumulative mean of the two counted batches, as if the masked one never happened
+    assert torch.allclose(net.running_mean, (first.mean(0) + second.mean(0)) / 2, atol=1e-6)
+    assert torch.equal(net.running_mean, reference.running_mean) and torch.equal(net.running_var, reference.running_var)

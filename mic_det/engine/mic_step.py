@@ -47,18 +47,21 @@ def frozen_norm_statistics(model: torch.nn.Module):
     """BatchNorm layers normalise with their batch's statistics but leave their running ones untouched.
 
     momentum 0 makes the running update ``(1 - 0) * running + 0 * batch``, a no-op,
-    while training-mode normalisation and gradients are unchanged.
+    while training-mode normalisation and gradients are unchanged. The batch counter
+    is restored too: a ``momentum=None`` layer averages with weight
+    ``1 / num_batches_tracked``, so a forward that counted would shift its later updates.
     """
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
               and m.track_running_stats and m.training]
-    saved = [m.momentum for m in layers]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
     for m in layers:
         m.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in zip(layers, saved):
+        for m, (momentum, tracked) in zip(layers, saved):
             m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 class MICStep(SimpleTrainer):
