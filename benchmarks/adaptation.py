@@ -51,7 +51,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_report import class_table, main_table, pseudo_table, time_table, to_json, verdict_lines  # noqa: E402
+from bench_report import (class_table, logged_training_seconds, main_table, pseudo_table, time_table,  # noqa: E402
+                          to_json, verdict_lines)
 from bench_stats import mean_std, summarize, verdicts  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,7 +241,8 @@ def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[in
     ckpt = os.path.join(out, budget.checkpoint)
     if os.path.isfile(ckpt) and os.path.isfile(os.path.join(out, "model_final.pth")):
         print(f"[seed {seed}] source model: cached at {out}", flush=True)
-        return {"dir": out, "wall_seconds": None, "cached": True, "steps_run": budget.source_iters}
+        return {"dir": out, "wall_seconds": None, "cached": True, "steps_run": budget.source_iters,
+                "logged_training_seconds": logged_training_seconds(out)}
     resume = ["--resume"] if os.path.isfile(os.path.join(out, "last_checkpoint")) else []
     os.makedirs(out, exist_ok=True)
     cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
@@ -327,7 +329,8 @@ def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, th
     out = os.path.join(out_dir, str(seed), method)
     if final_record(out, budget.total, budget.target_val) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
-        return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters}
+        return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters,
+                "logged_training_seconds": logged_training_seconds(out)}
     shared = finished_control_elsewhere(out, budget) if method == "control" else None
     if shared is not None:
         wall = evaluate_shared_control(seed, out, budget, shared, threads)

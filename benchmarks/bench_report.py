@@ -1,8 +1,11 @@
 """Markdown tables of an adaptation benchmark (summary rows from :mod:`bench_stats`)."""
 import math
+import os
+import re
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ["fmt", "fmt_ms", "main_table", "class_table", "pseudo_table", "time_table", "verdict_lines", "to_json"]
+__all__ = ["fmt", "fmt_ms", "main_table", "class_table", "pseudo_table", "time_table", "verdict_lines", "to_json",
+           "logged_training_seconds"]
 
 
 def fmt(x: Optional[float], spec: str = ".1f") -> str:
@@ -64,13 +67,47 @@ def pseudo_table(pseudo: Dict[str, Dict], labels: Dict[str, str]) -> List[str]:
     return lines
 
 
+_TRAINING_TIME = re.compile(r"Total training time: (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
+
+
+def logged_training_seconds(run_dir: str) -> Optional[float]:
+    """The training time Detectron2's timer logged for the run's last launch (``log.txt``), or None.
+
+    A run found finished by a later invocation has no wall time of that
+    invocation; its own log still says how long it trained, so a re-run
+    report keeps the timings of every run. Evaluation is not included, and a
+    launch that resumed mid-way counts only its own steps.
+    """
+    found = None
+    path = os.path.join(run_dir, "log.txt")
+    if os.path.isfile(path):
+        with open(path, errors="replace") as f:
+            for line in f:
+                m = _TRAINING_TIME.search(line)
+                if m:
+                    days, h, mnt, sec = (int(g or 0) for g in m.groups())
+                    found = float(((days * 24 + h) * 60 + mnt) * 60 + sec)
+    return found
+
+
 def time_table(timings: Dict[str, Dict[int, Dict]], labels: Dict[str, str], seeds: Sequence[int]) -> List[str]:
+    """Wall seconds per run; a run that this invocation found finished shows its logged training time, marked *."""
+    def cell(t: Dict) -> str:
+        if t.get("wall_seconds") is not None or t.get("logged_training_seconds") is None:
+            return fmt(t.get("wall_seconds"), ".0f")
+        return fmt(t["logged_training_seconds"], ".0f") + "*"
+
     lines = ["| run | steps | " + " | ".join(f"seed {s} (s)" for s in seeds) + " |",
              "|---|---|" + "---|" * len(seeds)]
+    starred = False
     for name, per_seed in timings.items():
         steps = next((t.get("steps_run") for t in per_seed.values() if t.get("steps_run")), "–")
-        lines.append(f"| {labels.get(name, name)} | {steps} | "
-                     + " | ".join(fmt(per_seed.get(s, {}).get("wall_seconds"), ".0f") for s in seeds) + " |")
+        cells = [cell(per_seed.get(s, {})) for s in seeds]
+        starred |= any(c.endswith("*") for c in cells)
+        lines.append(f"| {labels.get(name, name)} | {steps} | " + " | ".join(cells) + " |")
+    if starred:
+        lines += ["", "\\* found finished: the training time its own `log.txt` recorded (its last launch, "
+                      "without evaluation), measured under whatever load the machine had then."]
     return lines
 
 

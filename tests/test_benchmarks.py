@@ -103,3 +103,27 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
     (fog / "metrics.json").write_text(json.dumps({"iteration": 250, "student/x/bbox/AP50": 1.0}) + "\n")
     assert adaptation.finished_control_elsewhere(str(night_out), budget) == str(fog / "model_final.pth")
     assert adaptation.finished_control_elsewhere(str(tmp_path / "night" / "2" / "control"), budget) is None
+
+
+def test_a_run_found_finished_keeps_the_training_time_its_log_recorded(tmp_path):
+    """Re-running a report finds the runs finished; their time comes from Detectron2's timer line, the last launch's."""
+    report = _load("bench_report")
+    run = tmp_path / "mic"
+    run.mkdir()
+    assert report.logged_training_seconds(str(run)) is None  # no log: nothing to say
+    (run / "log.txt").write_text(
+        "[11/29 23:27:52] d2.engine.hooks INFO: Total training time: 0:10:01 (0:00:00 on hooks)\n"
+        "[11/30 02:35:50] d2.utils.events INFO:  eta: 0:00:00  iter: 1499\n"
+        "[11/30 02:35:50] d2.engine.hooks INFO: Total training time: 1:41:04 (0:00:01 on hooks)\n")
+    assert report.logged_training_seconds(str(run)) == 3600 + 41 * 60 + 4
+    (run / "log.txt").write_text("x INFO: Total training time: 1 day, 0:00:05 (0:00:01 on hooks)\n")
+    assert report.logged_training_seconds(str(run)) == 86400 + 5
+
+    timings = {"mic": {0: {"wall_seconds": 12.4, "steps_run": 500},
+                       1: {"wall_seconds": None, "logged_training_seconds": 86405.0, "steps_run": 500},
+                       2: {"wall_seconds": None, "steps_run": 500}}}
+    lines = report.time_table(timings, {"mic": "MIC"}, [0, 1, 2])
+    assert lines[2] == "| MIC | 500 | 12 | 86405* | – |"
+    assert "found finished" in lines[-1]
+    # Nothing found finished: no footnote.
+    assert len(report.time_table({"mic": {0: {"wall_seconds": 3.0, "steps_run": 5}}}, {}, [0])) == 3
