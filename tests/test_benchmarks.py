@@ -48,6 +48,21 @@ def test_adaptation_gains_are_paired_against_the_matched_control():
     assert "| MIC | 36.0 ± 4.6 | 2.0 ± 1.0 | +2.0 | +2.0, +1.0, +3.0 | 72 |" in table
 
 
+@pytest.mark.parametrize("minimal, met", [((31.0, 35.0, 40.0), True), ((31.0, 36.0, 30.0), False)])
+def test_sanity_verdict_compares_the_minimal_loop_seed_by_seed(minimal, met):
+    stats = _load("bench_stats")
+    runs = {
+        "control": {0: _run(30.0), 1: _run(34.0), 2: _run(38.0)},
+        "mic": {0: _run(32.0), 1: _run(35.0), 2: _run(41.0)},
+        # In the second case MIC's mean is higher (36.0 vs 32.3), yet it loses seed 1: missed.
+        "minimal_mic": {s: _run(v) for s, v in enumerate(minimal)},
+    }
+    summary = stats.summarize(runs, list(runs), [0, 1, 2], ("target_AP50",), "target_AP50")
+    (v,) = [v for v in stats.verdicts(summary, "target_AP50") if "minimal_mic" in v["target"]]
+    assert v["met"] is met
+    assert v["numbers"]["values"] == pytest.approx([32.0 - minimal[0], 35.0 - minimal[1], 41.0 - minimal[2]])
+
+
 def test_one_seed_gives_no_verdict_on_spread():
     stats = _load("bench_stats")
     runs = {"control": {0: _run(30.0)}, "mic": {0: _run(40.0)}}
