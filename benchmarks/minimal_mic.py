@@ -13,13 +13,18 @@ at least match it from the same source checkpoint.
         --weights <source>/model_0001999.pth OUTPUT_DIR out SOLVER.MAX_ITER 3000 MIC.BURN_IN_ITERS 2000 ...
 
 Runs ``SOLVER.MAX_ITER - MIC.BURN_IN_ITERS`` steps at the schedule's lr at the
-burn-in, then writes one metrics.json line shaped like tools/train_net.py's.
+burn-in, then writes one metrics.json line shaped like tools/train_net.py's,
+and a ``log.txt`` (Detectron2's logger) ending with the training time in the
+words of Detectron2's timer, so the benchmark's report reads it for this run
+as for any other.
 """
 import argparse
 import bisect
 import copy
+import datetime
 import json
 import os
+import time
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -30,10 +35,12 @@ from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
+from detectron2.utils.logger import setup_logger
 from torchvision.ops import batched_nms
 
 import mic_det  # noqa: F401  (registers the built-in datasets only; no model code is used)
 from mic_det import add_mic_config
+from mic_det.data import register_synthetic_pair
 
 
 def setup(argv=None):
@@ -48,6 +55,8 @@ def setup(argv=None):
     cfg.merge_from_list(args.opts)
     cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.PROPOSAL_GENERATOR.NAME = "GeneralizedRCNN", "RPN"
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
+    if cfg.DATASETS.SYNTHETIC_ROOT:
+        register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
     return cfg, args.weights
 
 
@@ -60,6 +69,8 @@ def pseudo_labels(pred: Instances, thresh: float = 0.8):
 
 def main(argv=None):
     cfg, weights = setup(argv)
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    logger = setup_logger(cfg.OUTPUT_DIR, name="minimal_mic")
     torch.manual_seed(cfg.SEED)
     steps = cfg.SOLVER.MAX_ITER - cfg.MIC.BURN_IN_ITERS
     model = build_model(cfg)
@@ -72,6 +83,7 @@ def main(argv=None):
     cfg.DATASETS.TRAIN = cfg.DATASETS.TRAIN_TARGET
     target = iter(build_detection_train_loader(cfg))
     model.train()
+    start = time.perf_counter()
     with EventStorage(cfg.MIC.BURN_IN_ITERS) as storage:
         for step in range(steps):
             losses = model(next(source))
@@ -103,15 +115,15 @@ def main(argv=None):
                         t_val.mul_(0.99).add_(s_state[name], alpha=0.01)
             storage.step()
             if step % 100 == 0:
-                print(f"step {step}/{steps} loss {float(loss):.3f} pseudo-labelled images {len(labelled)}", flush=True)
+                logger.info(f"step {step}/{steps} loss {float(loss):.3f} pseudo-labelled images {len(labelled)}")
+    logger.info(f"Total training time: {datetime.timedelta(seconds=int(time.perf_counter() - start))}")
     record = {"iteration": cfg.SOLVER.MAX_ITER}
     for tag, net in (("student", model), ("teacher", teacher)):
         for ds in cfg.DATASETS.TEST:
             res = inference_on_dataset(net.eval(), build_detection_test_loader(cfg, ds),
                                        COCOEvaluator(ds, output_dir=None))["bbox"]
             record.update({f"{tag}/{ds}/bbox/{k}": v for k, v in res.items()})
-            print(tag, ds, {k: round(res[k], 1) for k in ("AP", "AP50")}, flush=True)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+            logger.info(f"{tag} {ds} " + str({k: round(res[k], 1) for k in ("AP", "AP50")}))
     with open(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -1,12 +1,15 @@
-"""The statistics of the benchmark scripts (they are run by hand, not by make test)."""
+"""The benchmark scripts: their statistics, and the minimal MIC loop on the tiny pair (the full runs are by hand)."""
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .conftest import REPO, TINY_OVERRIDES
 
 
 def _load(name):
@@ -142,3 +145,23 @@ def test_a_run_found_finished_keeps_the_training_time_its_log_recorded(tmp_path)
     assert "found finished" in lines[-1]
     # Nothing found finished: no footnote.
     assert len(report.time_table({"mic": {0: {"wall_seconds": 3.0, "steps_run": 5}}}, {}, [0])) == 3
+
+
+def test_the_minimal_loop_runs_from_a_source_checkpoint_and_logs_its_time(source_only_run, tiny_pair, tmp_path):
+    """benchmarks/minimal_mic.py end to end: the sanity row the report compares MIC with, timed like any run."""
+    out = tmp_path / "minimal_mic"
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "minimal_mic.py"),
+           "--config-file", "configs/synthetic/mic.yaml", "--weights", str(source_only_run / "model_final.pth"),
+           *TINY_OVERRIDES, "DATASETS.SYNTHETIC_ROOT", str(tiny_pair), "OUTPUT_DIR", str(out),
+           "MIC.BURN_IN_ITERS", "200", "SOLVER.MAX_ITER", "206", "SOLVER.STEPS", "(180,)",
+           "DATASETS.TEST", "('synthetic_foggy_val',)"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (record,) = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert record["iteration"] == 206
+    for tag in ("student", "teacher"):
+        assert 0.0 <= record[f"{tag}/synthetic_foggy_val/bbox/AP50"] <= 100.0
+    # 6 steps at EMA 0.99 move the teacher (0.99^6 = 94% the source model), so the two models differ.
+    assert record["student/synthetic_foggy_val/bbox/AP"] != record["teacher/synthetic_foggy_val/bbox/AP"]
+    assert _load("bench_report").logged_training_seconds(str(out)) is not None
