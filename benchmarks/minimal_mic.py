@@ -69,7 +69,6 @@ def pseudo_labels(pred: Instances, thresh: float = 0.8):
 
 def main(argv=None):
     cfg, weights = setup(argv)
-    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     logger = setup_logger(cfg.OUTPUT_DIR, name="minimal_mic")
     torch.manual_seed(cfg.SEED)
     steps = cfg.SOLVER.MAX_ITER - cfg.MIC.BURN_IN_ITERS
