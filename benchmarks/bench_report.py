@@ -71,12 +71,15 @@ _TRAINING_TIME = re.compile(r"Total training time: (?:(\d+) days?, )?(\d+):(\d\d
 
 
 def logged_training_seconds(run_dir: str) -> Optional[float]:
-    """The training time Detectron2's timer logged for the run's last launch (``log.txt``), or None.
+    """The training time Detectron2's timer logged for the run (``log.txt``), summed over its launches, or None.
 
     A run found finished by a later invocation has no wall time of that
     invocation; its own log still says how long it trained, so a re-run
-    report keeps the timings of every run. Evaluation is not included, and a
-    launch that resumed mid-way counts only its own steps.
+    report keeps the timings of every run. A run lengthened by resuming it
+    (benchmarks/README.md) logs one "Total training time" per launch, each
+    for its own steps: their sum is the time of all the steps the report
+    counts. Evaluation is not included; a launch killed before its end logged
+    no line and is missing from the sum.
     """
     found = None
     path = os.path.join(run_dir, "log.txt")
@@ -86,7 +89,7 @@ def logged_training_seconds(run_dir: str) -> Optional[float]:
                 m = _TRAINING_TIME.search(line)
                 if m:
                     days, h, mnt, sec = (int(g or 0) for g in m.groups())
-                    found = float(((days * 24 + h) * 60 + mnt) * 60 + sec)
+                    found = (found or 0.0) + float(((days * 24 + h) * 60 + mnt) * 60 + sec)
     return found
 
 
@@ -106,8 +109,8 @@ def time_table(timings: Dict[str, Dict[int, Dict]], labels: Dict[str, str], seed
         starred |= any(c.endswith("*") for c in cells)
         lines.append(f"| {labels.get(name, name)} | {steps} | " + " | ".join(cells) + " |")
     if starred:
-        lines += ["", "\\* found finished: the training time its own `log.txt` recorded (its last launch, "
-                      "without evaluation), measured under whatever load the machine had then."]
+        lines += ["", "\\* found finished: the training time its own `log.txt` recorded (summed over its "
+                      "launches, without evaluation), measured under whatever load the machine had then."]
     return lines
 
 

@@ -124,7 +124,7 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
 
 
 def test_a_run_found_finished_keeps_the_training_time_its_log_recorded(tmp_path):
-    """Re-running a report finds the runs finished; their time comes from Detectron2's timer line, the last launch's."""
+    """Re-running a report finds the runs finished; their time is the sum of Detectron2's timer lines, one per launch."""
     report = _load("bench_report")
     run = tmp_path / "mic"
     run.mkdir()
@@ -133,7 +133,7 @@ def test_a_run_found_finished_keeps_the_training_time_its_log_recorded(tmp_path)
         "[11/29 23:27:52] d2.engine.hooks INFO: Total training time: 0:10:01 (0:00:00 on hooks)\n"
         "[11/30 02:35:50] d2.utils.events INFO:  eta: 0:00:00  iter: 1499\n"
         "[11/30 02:35:50] d2.engine.hooks INFO: Total training time: 1:41:04 (0:00:01 on hooks)\n")
-    assert report.logged_training_seconds(str(run)) == 3600 + 41 * 60 + 4
+    assert report.logged_training_seconds(str(run)) == 10 * 60 + 1 + 3600 + 41 * 60 + 4  # lengthened by a resume
     (run / "log.txt").write_text("x INFO: Total training time: 1 day, 0:00:05 (0:00:01 on hooks)\n")
     assert report.logged_training_seconds(str(run)) == 86400 + 5
 
