@@ -486,19 +486,31 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return result
 
 
-def recorded_spread(budget: Budget) -> str:
-    """What the full benchmark (several seeds) measured for the same comparison, to read one seed against."""
-    path = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
+def recorded_spread(budget: Budget, path: Optional[str] = None) -> str:
+    """What the full benchmark (several seeds) measured for the same comparison, to read one seed against.
+
+    The recorded run may have had another budget (``make demo DEMO_ARGS=...``):
+    then the line says so instead of calling it the same comparison.
+    """
+    path = path or os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
     try:
         with open(path) as f:
             rec = json.load(f)
         g = rec["summary"]["mic/student"]["gain_over_control"]
-        return (f"The benchmark ({path}, seeds {rec['budget']['seeds']}, same budget "
-                f"{rec['budget']['source_iters']}+{rec['budget']['adapt_iters']}) measured MIC's gain over the control "
-                f"at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 (per seed: "
-                f"{', '.join(f'{v:+.1f}' for v in g['values'] if v is not None)}).")
+        theirs = rec["budget"]
+        spread = (f"MIC's gain over the control at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 (per seed: "
+                  f"{', '.join(f'{v:+.1f}' for v in g['values'] if v is not None)})")
     except (OSError, KeyError, TypeError, ValueError):
         return f"No recorded multi-seed benchmark at {path} to compare this seed with (make bench-accuracy)."
+    recorded = f"{theirs['source_iters']}+{theirs['adapt_iters']}"
+    same = (theirs["source_iters"], theirs["adapt_iters"], list(theirs.get("overrides") or [])) == (
+        budget.source_iters, budget.adapt_iters, list(budget.overrides))
+    if same:
+        return f"The benchmark ({path}, seeds {theirs['seeds']}, same budget {recorded}) measured {spread}."
+    overrides = " ".join(theirs.get("overrides") or []) or "none"
+    return (f"The benchmark ({path}, seeds {theirs['seeds']}) measured {spread}, but with another budget: "
+            f"{recorded} steps, overrides {overrides}, against this run's {budget.source_iters}+{budget.adapt_iters}, "
+            f"overrides {' '.join(budget.overrides) or 'none'}. It says nothing about this run's spread.")
 
 
 if __name__ == "__main__":

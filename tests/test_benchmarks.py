@@ -87,6 +87,24 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
         adaptation.parse_args(["SOLVER.MAX_ITER", "5"])  # the benchmark's own key
 
 
+def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_budget(tmp_path):
+    """`make demo DEMO_ARGS=...` with another budget must not call the recorded spread 'the same budget'."""
+    adaptation = _load("adaptation")
+    recorded = tmp_path / "adaptation_fog.json"
+    recorded.write_text(json.dumps({
+        "budget": {"source_iters": 1000, "adapt_iters": 500, "seeds": [0, 1, 2], "overrides": []},
+        "summary": {"mic/student": {"gain_over_control": {"mean": 2.5, "std": 1.5, "values": [2.1, 4.1, 1.2]}}}}))
+    _, budget = adaptation.parse_args(["--demo"])
+    line = adaptation.recorded_spread(budget, str(recorded))
+    assert "same budget 1000+500" in line and "+2.5 ± 1.5" in line and "+2.1, +4.1, +1.2" in line
+    _, longer = adaptation.parse_args(["--demo", "--source-iters", "2000", "--adapt-iters", "1000"])
+    line = adaptation.recorded_spread(longer, str(recorded))
+    assert "same budget" not in line and "another budget" in line and "2000+1000" in line
+    _, ablated = adaptation.parse_args(["--demo", "MODEL.FPN.NORM", ""])
+    assert "another budget" in adaptation.recorded_spread(ablated, str(recorded))
+    assert "No recorded" in adaptation.recorded_spread(budget, str(tmp_path / "missing.json"))
+
+
 def test_pseudo_label_sweep_precision_recall_f1():
     sweep = _load("pseudo_label_sweep").sweep
     pred = Instances(
