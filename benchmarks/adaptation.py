@@ -498,11 +498,11 @@ def recorded_spread(budget: Budget, path: Optional[str] = None) -> str:
             rec = json.load(f)
         g = rec["summary"]["mic/student"]["gain_over_control"]
         theirs = rec["budget"]
+        recorded = f"{theirs['source_iters']}+{theirs['adapt_iters']}"
         spread = (f"MIC's gain over the control at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 (per seed: "
                   f"{', '.join(f'{v:+.1f}' for v in g['values'] if v is not None)})")
     except (OSError, KeyError, TypeError, ValueError):
         return f"No recorded multi-seed benchmark at {path} to compare this seed with (make bench-accuracy)."
-    recorded = f"{theirs['source_iters']}+{theirs['adapt_iters']}"
     same = (theirs["source_iters"], theirs["adapt_iters"], list(theirs.get("overrides") or [])) == (
         budget.source_iters, budget.adapt_iters, list(budget.overrides))
     if same:
