@@ -503,13 +503,12 @@ def recorded_spread(budget: Budget, path: Optional[str] = None) -> str:
                   f"{', '.join(f'{v:+.1f}' for v in g['values'] if v is not None)})")
     except (OSError, KeyError, TypeError, ValueError):
         return f"No recorded multi-seed benchmark at {path} to compare this seed with (make bench-accuracy)."
-    same = (theirs["source_iters"], theirs["adapt_iters"], list(theirs.get("overrides") or [])) == (
-        budget.source_iters, budget.adapt_iters, list(budget.overrides))
-    if same:
+    their_overrides = list(theirs.get("overrides") or [])
+    if (theirs["source_iters"], theirs["adapt_iters"], their_overrides) == (
+            budget.source_iters, budget.adapt_iters, list(budget.overrides)):
         return f"The benchmark ({path}, seeds {theirs['seeds']}, same budget {recorded}) measured {spread}."
-    overrides = " ".join(theirs.get("overrides") or []) or "none"
     return (f"The benchmark ({path}, seeds {theirs['seeds']}) measured {spread}, but with another budget: "
-            f"{recorded} steps, overrides {overrides}, against this run's {budget.source_iters}+{budget.adapt_iters}, "
+            f"{recorded} steps, overrides {' '.join(their_overrides) or 'none'}, against this run's {budget.source_iters}+{budget.adapt_iters}, "
             f"overrides {' '.join(budget.overrides) or 'none'}. It says nothing about this run's spread.")
 
 
