@@ -287,3 +287,22 @@ def test_the_shipped_mic_schedule_starts_mic_at_a_tenth_of_the_lr():
         assert start > 0 and all(s < start for s in cfg.SOLVER.STEPS), path
         sched = build_lr_scheduler(cfg, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR))
         assert sched._multiplier(start / cfg.SOLVER.MAX_ITER) == pytest.approx(0.1), path
+
+
+def test_divergence_names_the_knobs_and_keeps_earlier_checkpoints(tiny_pair, tmp_path):
+    """A run driven to NaN (lr 50, no warm-up, an FPN without norm) stops with Detectron2's
+    error followed by mic_det's hint; the checkpoint written before it is still there."""
+    out = tmp_path / "diverged"
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/source_only.yaml", "SOLVER.BASE_LR", "50.0", "SOLVER.WARMUP_ITERS", "0",
+         "MODEL.FPN.NORM", "", "SOLVER.MAX_ITER", "40", "SOLVER.CHECKPOINT_PERIOD", "1", "DATASETS.TEST", "()"],
+        out, tiny_pair, check=False,
+    )
+    assert proc.returncode != 0
+    err = proc.stderr
+    assert "FloatingPointError" in err and "mic_det: training diverged at iteration" in err, err[-3000:]
+    hint = err.split("mic_det: training diverged at iteration")[1]
+    for knob in ("SOLVER.BASE_LR (now 50", "SOLVER.CLIP_GRADIENTS.ENABLED True", 'MODEL.FPN.NORM "GN"'):
+        assert knob in hint, hint
+    iteration = int(hint.split(",")[0])
+    assert iteration >= 1 and os.path.exists(out / f"model_{iteration - 1:07d}.pth")

@@ -23,7 +23,7 @@ from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
 from .task import build_task
 
-__all__ = ["MICTrainer", "evaluate_models", "models_to_evaluate"]
+__all__ = ["MICTrainer", "divergence_hint", "evaluate_models", "models_to_evaluate"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +101,20 @@ class MICTrainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
         warn_if_adaptation_starts_at_full_lr(cfg, self.scheduler)
+
+    def train(self):
+        """DefaultTrainer.train, with what to change when the loss or the boxes became NaN/inf.
+
+        Detectron2 stops with "Loss became infinite or NaN" or "Training has
+        diverged" and nothing else; the knobs that fix it (the lr, the
+        warm-up, gradient clipping, a norm in the FPN) are named here, with
+        the values this run used.
+        """
+        try:
+            return super().train()
+        except FloatingPointError as e:
+            lr = max((g["lr"] for g in self.optimizer.param_groups), default=float("nan"))
+            raise FloatingPointError(f"{e}\n{divergence_hint(self.cfg, self.iter, lr)}") from e
 
     @staticmethod
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
@@ -241,6 +255,25 @@ def warn_if_adaptation_starts_at_full_lr(cfg: CfgNode, scheduler) -> None:
             "entry before the burn-in ends (the shipped configs: lr x0.1 at 75%% of the burn-in).",
             burn_in, 100 * at_start,
         )
+
+
+def divergence_hint(cfg: CfgNode, iteration: int, lr: float) -> str:
+    """What to change after training produced NaN/inf at ``iteration`` (lr ``lr``), from the run's config."""
+    if cfg.MIC.ENABLED and iteration >= cfg.MIC.BURN_IN_ITERS:
+        phase = f"in the MIC phase (MIC.BURN_IN_ITERS {cfg.MIC.BURN_IN_ITERS})"
+    else:
+        phase = "in source training" if cfg.MIC.ENABLED else "in training"
+    knobs = [f"a lower SOLVER.BASE_LR (now {cfg.SOLVER.BASE_LR:g}; the lr at this step was {lr:g})"]
+    if iteration < 5 * max(cfg.SOLVER.WARMUP_ITERS, 1):
+        knobs.append(f"a longer SOLVER.WARMUP_ITERS (now {cfg.SOLVER.WARMUP_ITERS})")
+    if not cfg.SOLVER.CLIP_GRADIENTS.ENABLED:
+        knobs.append("SOLVER.CLIP_GRADIENTS.ENABLED True (e.g. CLIP_TYPE norm, CLIP_VALUE 10.0)")
+    fpn = cfg.MODEL.get("FPN")
+    if fpn is not None and "fpn" in cfg.MODEL.BACKBONE.NAME.lower() and not fpn.NORM and not cfg.MODEL.WEIGHTS:
+        knobs.append('MODEL.FPN.NORM "GN" (an FPN without norm, trained from scratch, diverged at lr 0.02 '
+                     "in BENCHMARKS.md, session 11)")
+    return (f"mic_det: training diverged at iteration {iteration}, {phase}. Checkpoints saved before it are kept "
+            f"({cfg.OUTPUT_DIR}). Try, one at a time: " + "; ".join(knobs) + ".")
 
 
 def models_to_evaluate(cfg: CfgNode, student: torch.nn.Module, teacher: Optional[EMATeacher]) -> Dict[str, torch.nn.Module]:
