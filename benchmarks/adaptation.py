@@ -88,8 +88,13 @@ METHODS: Dict[str, Method] = {
 LABELS = {k: m.label for k, m in METHODS.items()}
 FULL = dict(seeds="0,1,2", methods="control,mic,mic_sada,sada,oracle")
 QUICK = dict(seeds="0", methods="control,mic,oracle")
-# `make demo`: one seed of the main comparison, both runs at once.
+# `make demo`: one seed of the main comparison, both runs at once, at a 160-px input: 256 px cannot
+# fit 15 minutes on 2 cores (1000 + 500 steps are ~2000 core-seconds of compute at 256 px). The
+# benchmark's budget with these overrides is recorded on 3 seeds (BENCHMARKS.md, session 12), which
+# is the spread `make demo` prints; later overrides on the command line win over these.
 DEMO = dict(seeds="0", methods="control,mic")
+DEMO_OVERRIDES = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "320",
+                  "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320"]
 
 
 @dataclass
@@ -128,7 +133,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--quick", action="store_true", help=f"seeds {QUICK['seeds']}, methods {QUICK['methods']}")
     p.add_argument("--demo", action="store_true",
                    help=f"what `make demo` runs: seeds {DEMO['seeds']}, methods {DEMO['methods']}, --jobs 2, "
-                        "next to the benchmark's recorded spread over seeds")
+                        f"overrides {' '.join(DEMO_OVERRIDES)}, next to the benchmark's recorded spread over seeds")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="fog", help="the built-in domain shift")
     # Half of the configs' 2000 + 1000, the budget of every recorded row (BENCHMARKS.md). 3 seeds x
     # 5 methods from nothing is ~7.7 h of training on one core, ~4 h on an idle 2-core machine with
@@ -149,6 +154,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         args.jobs = max(args.jobs, 2)
         args.out_dir = args.out_dir or "output/demo"
         args.output = args.output or "output/demo/demo_results.json"
+        overrides = DEMO_OVERRIDES + overrides
     budget = Budget(
         shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
@@ -284,19 +290,40 @@ def final_record(out: str, iters: int, target_val: str) -> Optional[Dict]:
     return found
 
 
-def finished_control_elsewhere(out: str, budget: Budget) -> Optional[str]:
-    """``model_final.pth`` of the same seed's control run under another shift, finished with this budget.
+CONTROL_OF = "control_of.json"  # in a control run's folder: what it was trained from, and how
+
+
+def control_identity(budget: Budget, source_dir: str) -> Dict:
+    """What makes two control runs the same run: the source model (its folder name is keyed by seed,
+    steps, config and overrides), the adaptation steps, and the overrides that reach source-only
+    training (``MIC.*`` / ``UDA.*`` do not)."""
+    return {"source_model": os.path.basename(os.path.normpath(source_dir)), "adapt_iters": budget.adapt_iters,
+            "overrides": source_overrides(budget.overrides)}
+
+
+def finished_control_elsewhere(out: str, budget: Budget, source_dir: str) -> Optional[str]:
+    """``model_final.pth`` of the same control run under another shift's folder, finished, or None.
 
     Source-only training never sees the target, so the control of one shift
     *is* the control of every shift: it only needs evaluating on this one.
+    "The same" is checked, not assumed from the folder layout: the other
+    run's ``control_of.json`` must match this one's (a control of another
+    input size or source model beside it is not this run's control).
     """
     seed_dir = os.path.dirname(out)
     shifts_root = os.path.dirname(os.path.dirname(seed_dir))
     here = os.path.basename(os.path.dirname(seed_dir))
+    wanted = control_identity(budget, source_dir)
     for shift in sorted(os.listdir(shifts_root)) if os.path.isdir(shifts_root) else []:
         other = os.path.join(shifts_root, shift, os.path.basename(seed_dir), "control")
         final = os.path.join(other, "model_final.pth")
         if shift == here or not os.path.isfile(final) or not os.path.isfile(os.path.join(other, "metrics.json")):
+            continue
+        try:
+            with open(os.path.join(other, CONTROL_OF)) as f:
+                if json.load(f) != wanted:
+                    continue
+        except (OSError, ValueError):
             continue
         with open(os.path.join(other, "metrics.json")) as f:
             if any(json.loads(line).get("iteration", -1) >= budget.total - 1 and "student/" in line for line in f):
@@ -332,7 +359,7 @@ def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, th
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
         return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters,
                 "logged_training_seconds": logged_training_seconds(out)}
-    shared = finished_control_elsewhere(out, budget) if method == "control" else None
+    shared = finished_control_elsewhere(out, budget, source["dir"]) if method == "control" else None
     if shared is not None:
         wall = evaluate_shared_control(seed, out, budget, shared, threads)
         return {"wall_seconds": wall, "skipped": False, "steps_run": 0, "shared_with": shared}
@@ -341,6 +368,9 @@ def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, th
         shutil.copy(os.path.join(source["dir"], budget.checkpoint), os.path.join(out, budget.checkpoint))
         with open(os.path.join(out, "last_checkpoint"), "w") as f:
             f.write(budget.checkpoint)
+    if method == "control":
+        with open(os.path.join(out, CONTROL_OF), "w") as f:
+            json.dump(control_identity(budget, source["dir"]), f)
     cmd = adapt_command(method, seed, out, budget, source["dir"])
     print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
     wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
@@ -486,30 +516,56 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     return result
 
 
-def recorded_spread(budget: Budget, path: Optional[str] = None) -> str:
-    """What the full benchmark (several seeds) measured for the same comparison, to read one seed against.
+def recorded_spread(budget: Budget, paths: Optional[Sequence[str]] = None) -> str:
+    """What the benchmark measured over several seeds for the same comparison, to read one seed against.
 
-    The recorded run may have had another budget (``make demo DEMO_ARGS=...``):
-    then the line says so instead of calling it the same comparison.
+    ``paths``: the recorded JSON reports to look in (default: the shift's
+    ``benchmarks/results/adaptation_<shift>*.json``, the full benchmark's
+    first). The first whose budget (steps and overrides) is this run's is
+    quoted as "the same budget"; failing that, the first readable one, with
+    a line that says its budget differs and so says nothing about this run.
     """
-    path = path or os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
+    if paths is None:
+        main = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
+        paths = [main] + sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}_*.json")))
+    ours = (budget.source_iters, budget.adapt_iters, list(budget.overrides))
+    fallback = None
+    for path in paths:
+        rec = _recorded_gain(path, budget.shift)
+        if rec is None:
+            continue
+        theirs, spread = rec
+        their_overrides = theirs["overrides"]
+        if (theirs["source_iters"], theirs["adapt_iters"], their_overrides) == ours:
+            return (f"The benchmark ({path}, seeds {theirs['seeds']}, same budget "
+                    f"{theirs['source_iters']}+{theirs['adapt_iters']}, overrides {' '.join(their_overrides) or 'none'}) "
+                    f"measured {spread}.")
+        if fallback is None:
+            fallback = (f"The benchmark ({path}, seeds {theirs['seeds']}) measured {spread}, but with another budget: "
+                        f"{theirs['source_iters']}+{theirs['adapt_iters']} steps, overrides "
+                        f"{' '.join(their_overrides) or 'none'}, against this run's {budget.source_iters}+"
+                        f"{budget.adapt_iters}, overrides {' '.join(budget.overrides) or 'none'}. "
+                        "It says nothing about this run's spread.")
+    return fallback or (f"No recorded multi-seed benchmark ({', '.join(paths)}) to compare this seed with "
+                        "(make bench-accuracy).")
+
+
+def _recorded_gain(path: str, shift: str) -> Optional[Tuple[Dict, str]]:
+    """(budget, "MIC's gain ...") of a recorded report of ``shift`` with MIC on several seeds, else None."""
     try:
         with open(path) as f:
             rec = json.load(f)
+        b = rec["budget"]
+        theirs = {"source_iters": b["source_iters"], "adapt_iters": b["adapt_iters"], "seeds": b.get("seeds"),
+                  "overrides": list(b.get("overrides") or []), "shift": b.get("shift", shift)}
         g = rec["summary"]["mic/student"]["gain_over_control"]
-        theirs = rec["budget"]
-        recorded = f"{theirs['source_iters']}+{theirs['adapt_iters']}"
-        spread = (f"MIC's gain over the control at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 (per seed: "
-                  f"{', '.join(f'{v:+.1f}' for v in g['values'] if v is not None)})")
+        values = [v for v in g["values"] if v is not None]
     except (OSError, KeyError, TypeError, ValueError):
-        return f"No recorded multi-seed benchmark at {path} to compare this seed with (make bench-accuracy)."
-    their_overrides = list(theirs.get("overrides") or [])
-    if (theirs["source_iters"], theirs["adapt_iters"], their_overrides) == (
-            budget.source_iters, budget.adapt_iters, list(budget.overrides)):
-        return f"The benchmark ({path}, seeds {theirs['seeds']}, same budget {recorded}) measured {spread}."
-    return (f"The benchmark ({path}, seeds {theirs['seeds']}) measured {spread}, but with another budget: "
-            f"{recorded} steps, overrides {' '.join(their_overrides) or 'none'}, against this run's {budget.source_iters}+{budget.adapt_iters}, "
-            f"overrides {' '.join(budget.overrides) or 'none'}. It says nothing about this run's spread.")
+        return None
+    if theirs["shift"] != shift or len(values) < 2:
+        return None
+    return theirs, (f"MIC's gain over the control at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 "
+                    f"(per seed: {', '.join(f'{v:+.1f}' for v in values)})")
 
 
 if __name__ == "__main__":

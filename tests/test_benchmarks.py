@@ -87,22 +87,39 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
         adaptation.parse_args(["SOLVER.MAX_ITER", "5"])  # the benchmark's own key
 
 
+def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="fog"):
+    mean = sum(values) / len(values)
+    path.write_text(json.dumps({
+        "budget": {"shift": shift, "source_iters": source_iters, "adapt_iters": adapt_iters,
+                   "seeds": list(range(len(values))), "overrides": overrides},
+        "summary": {"mic/student": {"gain_over_control": {"mean": mean, "std": 1.5, "values": values}}}}))
+    return str(path)
+
+
 def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_budget(tmp_path):
-    """`make demo DEMO_ARGS=...` with another budget must not call the recorded spread 'the same budget'."""
+    """`make demo` quotes the recorded report of its own budget (steps and overrides, the demo's 160 px
+    included); with DEMO_ARGS that match no record it must not call another budget 'the same'."""
     adaptation = _load("adaptation")
-    recorded = tmp_path / "adaptation_fog.json"
-    recorded.write_text(json.dumps({
-        "budget": {"source_iters": 1000, "adapt_iters": 500, "seeds": [0, 1, 2], "overrides": []},
-        "summary": {"mic/student": {"gain_over_control": {"mean": 2.5, "std": 1.5, "values": [2.1, 4.1, 1.2]}}}}))
     _, budget = adaptation.parse_args(["--demo"])
-    line = adaptation.recorded_spread(budget, str(recorded))
-    assert "same budget 1000+500" in line and "+2.5 ± 1.5" in line and "+2.1, +4.1, +1.2" in line
+    assert budget.overrides == adaptation.DEMO_OVERRIDES and budget.seeds == [0]
+    full = _record(tmp_path / "adaptation_fog.json", [], [2.1, 4.1, 1.2])
+    demo = _record(tmp_path / "adaptation_fog_demo.json", adaptation.DEMO_OVERRIDES, [3.0, 2.0, 4.0])
+    night = _record(tmp_path / "adaptation_night_demo.json", adaptation.DEMO_OVERRIDES, [9.0, 9.0], shift="night")
+    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", adaptation.DEMO_OVERRIDES, [5.0])
+    line = adaptation.recorded_spread(budget, [full, night, one_seed, demo])
+    assert demo in line and "same budget 1000+500" in line and "+3.0 ± 1.5" in line and "+3.0, +2.0, +4.0" in line
+    # Without a record of its budget: the first readable one, said to be another budget.
+    line = adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), full])
+    assert full in line and "same budget" not in line and "another budget" in line
     _, longer = adaptation.parse_args(["--demo", "--source-iters", "2000", "--adapt-iters", "1000"])
-    line = adaptation.recorded_spread(longer, str(recorded))
+    line = adaptation.recorded_spread(longer, [full, demo])
     assert "same budget" not in line and "another budget" in line and "2000+1000" in line
-    _, ablated = adaptation.parse_args(["--demo", "MODEL.FPN.NORM", ""])
-    assert "another budget" in adaptation.recorded_spread(ablated, str(recorded))
-    assert "No recorded" in adaptation.recorded_spread(budget, str(tmp_path / "missing.json"))
+    _, full_size = adaptation.parse_args(["--demo", "INPUT.MIN_SIZE_TRAIN", "(256,)"])
+    assert full_size.overrides[-2:] == ["INPUT.MIN_SIZE_TRAIN", "(256,)"]  # later keys win
+    assert "another budget" in adaptation.recorded_spread(full_size, [full, demo])
+    _, bench = adaptation.parse_args([])
+    assert "same budget" in adaptation.recorded_spread(bench, [demo, full]) and bench.overrides == []
+    assert "No recorded" in adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), one_seed])
 
 
 def test_pseudo_label_sweep_precision_recall_f1():
@@ -124,21 +141,32 @@ def test_pseudo_label_sweep_precision_recall_f1():
 
 
 def test_the_control_of_one_shift_is_found_for_another(tmp_path):
-    """Source-only training never sees the target: a finished fog control of the seed serves night."""
+    """Source-only training never sees the target: a finished fog control of the seed serves night,
+    but only the same run (source model, steps, overrides), whatever the folders beside it hold."""
     import json
 
     adaptation = _load("adaptation")
-    _, budget = adaptation.parse_args(["--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
+    _, budget = adaptation.parse_args(["--shift", "night", "--source-iters", "200", "--adapt-iters", "50",
+                                       "MIC.EMA_ALPHA", "0.99", "INPUT.MIN_SIZE_TEST", "160"])
+    source = str(tmp_path / "cache" / "source_seed1_200_abc")
     night_out = tmp_path / "night" / "1" / "control"
-    assert adaptation.finished_control_elsewhere(str(night_out), budget) is None
+    find = lambda out=night_out, b=budget: adaptation.finished_control_elsewhere(str(out), b, source)  # noqa: E731
+    assert find() is None
     fog = tmp_path / "fog" / "1" / "control"
     fog.mkdir(parents=True)
     (fog / "model_final.pth").write_bytes(b"")
-    (fog / "metrics.json").write_text(json.dumps({"iteration": 120, "student/x/bbox/AP50": 1.0}) + "\n")
-    assert adaptation.finished_control_elsewhere(str(night_out), budget) is None  # unfinished: not the same run
     (fog / "metrics.json").write_text(json.dumps({"iteration": 250, "student/x/bbox/AP50": 1.0}) + "\n")
-    assert adaptation.finished_control_elsewhere(str(night_out), budget) == str(fog / "model_final.pth")
-    assert adaptation.finished_control_elsewhere(str(tmp_path / "night" / "2" / "control"), budget) is None
+    assert find() is None  # no record of what it was trained from: not known to be the same run
+    # A fog run of the same source model and input size; MIC's keys do not reach the control.
+    _, fog_budget = adaptation.parse_args(["--source-iters", "200", "--adapt-iters", "50", "INPUT.MIN_SIZE_TEST", "160"])
+    (fog / adaptation.CONTROL_OF).write_text(json.dumps(adaptation.control_identity(fog_budget, source + "/")))
+    assert find() == str(fog / "model_final.pth")
+    (fog / "metrics.json").write_text(json.dumps({"iteration": 120, "student/x/bbox/AP50": 1.0}) + "\n")
+    assert find() is None  # unfinished: not the same run
+    (fog / "metrics.json").write_text(json.dumps({"iteration": 250, "student/x/bbox/AP50": 1.0}) + "\n")
+    assert find(tmp_path / "night" / "2" / "control") is None  # another seed
+    _, other_size = adaptation.parse_args(["--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
+    assert find(b=other_size) is None  # another input size at test time
 
 
 def test_a_run_found_finished_keeps_the_training_time_its_log_recorded(tmp_path):
