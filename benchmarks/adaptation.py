@@ -526,8 +526,8 @@ def recorded_spread(budget: Budget, paths: Optional[Sequence[str]] = None) -> st
     a line that says its budget differs and so says nothing about this run.
     """
     if paths is None:
-        main = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
-        paths = [main] + sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}_*.json")))
+        full = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
+        paths = [full] + sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}_*.json")))
     ours = (budget.source_iters, budget.adapt_iters, list(budget.overrides))
     fallback = None
     for path in paths:
