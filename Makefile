@@ -1,7 +1,7 @@
 # mic_det: every target creates the project-local environment first (.venv/).
 #   make            the environment (torch 2.3.1, Detectron2 wheel, mic_det -e)
 #   make demo       built-in clear -> foggy pair: one source model, then MIC and its matched
-#                   control from it, 1000 + 500 steps at a 160-px input (~16 min on 2 cores; DEMO_ARGS adds
+#                   control from it, 1000 + 500 steps at a 160-px input (~15 min on 2 cores; DEMO_ARGS adds
 #                   flags and overrides, e.g. "--source-iters 2000 --adapt-iters 1000": the configs' steps)
 #   make test       the test suite
 #   make bench      both benchmarks (accuracy, speed); see BENCHMARKS.md
