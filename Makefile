@@ -15,6 +15,9 @@ STAMP := $(VENV)/.installed
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 # Two cores: one intra-op thread per process keeps the data worker from fighting the step.
 export OMP_NUM_THREADS ?= 2
+# Detection benchmark runs trained at once, one thread each: two 1-thread runs do more steps per
+# second than one 2-thread run (measured, BENCHMARKS.md session 12). A --jobs in BENCH_ARGS wins.
+BENCH_JOBS ?= 2
 
 # A working Python 3.10: plain python3.10 first, then pyenv's 3.10.x.
 PYTHON310 := $(shell \
@@ -55,7 +58,7 @@ test: $(STAMP)
 bench: bench-accuracy bench-speed
 
 bench-accuracy: $(STAMP)
-	$(PY) benchmarks/adaptation.py $(BENCH_ARGS)
+	$(PY) benchmarks/adaptation.py --jobs $(BENCH_JOBS) $(BENCH_ARGS)
 	$(PY) benchmarks/task_adaptation.py --task seg $(TASK_BENCH_ARGS)
 	$(PY) benchmarks/task_adaptation.py --task cls $(TASK_BENCH_ARGS)
 

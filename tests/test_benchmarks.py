@@ -87,6 +87,16 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
         adaptation.parse_args(["SOLVER.MAX_ITER", "5"])  # the benchmark's own key
 
 
+def test_the_longest_runs_are_queued_first_so_two_jobs_do_not_end_on_one():
+    adaptation = _load("adaptation")
+    _, budget = adaptation.parse_args(["--seeds", "0,1"])
+    order = adaptation.run_order(budget)
+    assert order[:2] == [("mic_sada", 0), ("mic_sada", 1)] and order[2] == ("mic", 0)
+    assert sorted(order) == sorted((m, s) for m in budget.methods for s in (0, 1))  # each run once
+    costs = [adaptation.METHODS[m].step_cost for m, _ in order]
+    assert costs == sorted(costs, reverse=True)
+
+
 def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="fog"):
     mean = sum(values) / len(values)
     path.write_text(json.dumps({
