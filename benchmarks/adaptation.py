@@ -90,14 +90,14 @@ METHODS: Dict[str, Method] = {
 }
 LABELS = {k: m.label for k, m in METHODS.items()}
 FULL = dict(seeds="0,1,2", methods="control,mic,mic_sada,sada,oracle")
+# `make demo` and `--quick`: one seed at a 160-px input. 256 px cannot fit their 15 and 20 minutes on
+# 2 cores (1000 + 500 steps are ~2000 core-seconds of compute at 256 px). The benchmark's budget with
+# this input is recorded on 3 seeds (BENCHMARKS.md, session 12): the spread a one-seed run prints
+# beside its numbers. Later overrides on the command line win over these.
+SMALL_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "320",
+               "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320"]
 QUICK = dict(seeds="0", methods="control,mic,oracle")
-# `make demo`: one seed of the main comparison, both runs at once, at a 160-px input: 256 px cannot
-# fit 15 minutes on 2 cores (1000 + 500 steps are ~2000 core-seconds of compute at 256 px). The
-# benchmark's budget with these overrides is recorded on 3 seeds (BENCHMARKS.md, session 12), which
-# is the spread `make demo` prints; later overrides on the command line win over these.
 DEMO = dict(seeds="0", methods="control,mic")
-DEMO_OVERRIDES = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "320",
-                  "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320"]
 
 
 @dataclass
@@ -133,10 +133,12 @@ class Budget:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Budget]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"seeds {QUICK['seeds']}, methods {QUICK['methods']}")
+    p.add_argument("--quick", action="store_true",
+                   help=f"seeds {QUICK['seeds']}, methods {QUICK['methods']}, overrides {' '.join(SMALL_INPUT)}; "
+                        "runs under output/bench_adaptation_quick/, report adaptation_<shift>_quick.json")
     p.add_argument("--demo", action="store_true",
                    help=f"what `make demo` runs: seeds {DEMO['seeds']}, methods {DEMO['methods']}, --jobs 2, "
-                        f"overrides {' '.join(DEMO_OVERRIDES)}, next to the benchmark's recorded spread over seeds")
+                        f"overrides {' '.join(SMALL_INPUT)}")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="fog", help="the built-in domain shift")
     # Half of the configs' 2000 + 1000, the budget of every recorded row (BENCHMARKS.md). 3 seeds x
     # 5 methods from nothing is ~7.7 h of training on one core, ~4 h on an idle 2-core machine with
@@ -157,7 +159,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         args.jobs = max(args.jobs, 2)
         args.out_dir = args.out_dir or "output/demo"
         args.output = args.output or "output/demo/demo_results.json"
-        overrides = DEMO_OVERRIDES + overrides
+    elif args.quick:
+        args.out_dir = args.out_dir or f"output/bench_adaptation_quick/{args.shift}"
+        args.output = args.output or f"benchmarks/results/adaptation_{args.shift}_quick.json"
+    if args.demo or args.quick:
+        overrides = SMALL_INPUT + overrides
     budget = Budget(
         shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
@@ -240,14 +246,24 @@ def source_overrides(overrides: List[str]) -> List[str]:
     return [x for k, v in pairs if not k.startswith(("MIC.", "UDA.")) for x in (k, v)]
 
 
-def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[int]) -> Dict:
-    """Train (or find) the seed's source model; returns its run dir and wall time."""
-    opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
+SOURCE_CONFIG = "configs/synthetic/source_only.yaml"  # the clear source, shared by every shift
+
+
+def source_options(seed: int, budget: Budget) -> List[str]:
+    return ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
             "SOLVER.CHECKPOINT_PERIOD", str(budget.source_iters), "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()"] + source_overrides(budget.overrides)
-    config = os.path.join("configs/synthetic", "source_only.yaml")  # the clear source, shared by every shift
-    key = source_model_key(config, opts)
-    out = os.path.join(cache_dir, f"source_seed{seed}_{budget.source_iters}_{key}")
+
+
+def source_dir(seed: int, budget: Budget, cache_dir: str) -> str:
+    """The seed's source model folder in the cache, named by what determines the model."""
+    key = source_model_key(SOURCE_CONFIG, source_options(seed, budget))
+    return os.path.join(cache_dir, f"source_seed{seed}_{budget.source_iters}_{key}")
+
+
+def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[int]) -> Dict:
+    """Train (or find) the seed's source model; returns its run dir and wall time."""
+    config, opts, out = SOURCE_CONFIG, source_options(seed, budget), source_dir(seed, budget, cache_dir)
     ckpt = os.path.join(out, budget.checkpoint)
     if os.path.isfile(ckpt) and os.path.isfile(os.path.join(out, "model_final.pth")):
         print(f"[seed {seed}] source model: cached at {out}", flush=True)
@@ -293,15 +309,39 @@ def final_record(out: str, iters: int, target_val: str) -> Optional[Dict]:
     return found
 
 
-CONTROL_OF = "control_of.json"  # in a control run's folder: what it was trained from, and how
+RUN_OF = "run_of.json"  # in every run's folder: what it was trained from, and how
 
 
-def control_identity(budget: Budget, source_dir: str) -> Dict:
-    """What makes two control runs the same run: the source model (its folder name is keyed by seed,
-    steps, config and overrides), the adaptation steps, and the overrides that reach source-only
-    training (``MIC.*`` / ``UDA.*`` do not)."""
-    return {"source_model": os.path.basename(os.path.normpath(source_dir)), "adapt_iters": budget.adapt_iters,
-            "overrides": source_overrides(budget.overrides)}
+def run_identity(method: str, budget: Budget, source_dir: str) -> Dict:
+    """What makes two runs of ``method`` the same run: the source model (its folder name is keyed by
+    seed, steps, config and overrides), the adaptation steps, and the overrides; for the control only
+    those that reach source-only training (``MIC.*`` / ``UDA.*`` do not), so every method's ablation
+    shares one control."""
+    overrides = source_overrides(budget.overrides) if method == "control" else list(budget.overrides)
+    return {"method": method, "source_model": os.path.basename(os.path.normpath(source_dir)),
+            "adapt_iters": budget.adapt_iters, "overrides": overrides}
+
+
+def check_run_folder(out: str, wanted: Dict) -> None:
+    """Refuse to skip, resume or overwrite a run of another budget in ``out``.
+
+    A folder is reused only for the same run, or to continue it for more
+    adaptation steps (a run of fewer ``adapt_iters``, everything else equal).
+    A folder from before these records has none and is taken as it is.
+    """
+    path = os.path.join(out, RUN_OF)
+    try:
+        with open(path) as f:
+            theirs = json.load(f)
+    except FileNotFoundError:
+        return
+    except ValueError as e:
+        raise RuntimeError(f"{path}: unreadable ({e}); remove it or pass another --out-dir") from e
+    same = {k: v for k, v in theirs.items() if k != "adapt_iters"} == {k: v for k, v in wanted.items()
+                                                                       if k != "adapt_iters"}
+    if not same or theirs.get("adapt_iters", 0) > wanted["adapt_iters"]:
+        raise RuntimeError(f"{out} holds another run ({path}: {theirs}), not this one ({wanted}); "
+                           "it is kept: pass another --out-dir, or remove the folder to retrain it")
 
 
 def finished_control_elsewhere(out: str, budget: Budget, source_dir: str) -> Optional[str]:
@@ -316,14 +356,14 @@ def finished_control_elsewhere(out: str, budget: Budget, source_dir: str) -> Opt
     seed_dir = os.path.dirname(out)
     shifts_root = os.path.dirname(os.path.dirname(seed_dir))
     here = os.path.basename(os.path.dirname(seed_dir))
-    wanted = control_identity(budget, source_dir)
+    wanted = run_identity("control", budget, source_dir)
     for shift in sorted(os.listdir(shifts_root)) if os.path.isdir(shifts_root) else []:
         other = os.path.join(shifts_root, shift, os.path.basename(seed_dir), "control")
         final = os.path.join(other, "model_final.pth")
         if shift == here or not os.path.isfile(final) or not os.path.isfile(os.path.join(other, "metrics.json")):
             continue
         try:
-            with open(os.path.join(other, CONTROL_OF)) as f:
+            with open(os.path.join(other, RUN_OF)) as f:
                 if json.load(f) != wanted:
                     continue
         except (OSError, ValueError):
@@ -358,22 +398,23 @@ def evaluate_shared_control(seed: int, out: str, budget: Budget, weights: str, t
 
 def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, threads: Optional[int]) -> Dict:
     out = os.path.join(out_dir, str(seed), method)
+    identity = run_identity(method, budget, source["dir"])
+    check_run_folder(out, identity)
     if final_record(out, budget.total, budget.target_val) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
         return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters,
                 "logged_training_seconds": logged_training_seconds(out)}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, RUN_OF), "w") as f:
+        json.dump(identity, f)
     shared = finished_control_elsewhere(out, budget, source["dir"]) if method == "control" else None
     if shared is not None:
         wall = evaluate_shared_control(seed, out, budget, shared, threads)
         return {"wall_seconds": wall, "skipped": False, "steps_run": 0, "shared_with": shared}
-    os.makedirs(out, exist_ok=True)
     if method != "minimal_mic" and not os.path.isfile(os.path.join(out, "last_checkpoint")):
         shutil.copy(os.path.join(source["dir"], budget.checkpoint), os.path.join(out, budget.checkpoint))
         with open(os.path.join(out, "last_checkpoint"), "w") as f:
             f.write(budget.checkpoint)
-    if method == "control":
-        with open(os.path.join(out, CONTROL_OF), "w") as f:
-            json.dump(control_identity(budget, source["dir"]), f)
     cmd = adapt_command(method, seed, out, budget, source["dir"])
     print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
     wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
@@ -484,6 +525,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     print(f"Adaptation benchmark, shift {budget.shift}: source model {budget.source_iters} steps, then "
           f"{budget.adapt_iters} per method; seeds {budget.seeds}; methods {budget.methods}", flush=True)
     timings: Dict[str, Dict[int, Dict]] = {"source model": {}, **{m: {} for m in budget.methods}}
+    try:  # before anything trains: a folder of another run stops the benchmark, not its last run
+        for m, s in run_order(budget):
+            check_run_folder(os.path.join(args.out_dir, str(s), m),
+                             run_identity(m, budget, source_dir(s, budget, args.cache_dir)))
+    except RuntimeError as e:
+        sys.exit(f"error: {e}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         # Fewer source models than workers: give each the cores the idle workers leave.
         source_threads = max(1, (os.cpu_count() or 1) // min(args.jobs, len(budget.seeds))) if threads else None
@@ -525,7 +572,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     with open(args.output, "w") as f:
         json.dump(to_json(result), f, indent=2, allow_nan=False)
     print(f"\nJSON: {args.output}")
-    if args.demo:
+    if len(budget.seeds) == 1 and "mic" in budget.methods:
         print(recorded_spread(budget))
     return result
 

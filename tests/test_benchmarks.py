@@ -78,6 +78,9 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
     adaptation = _load("adaptation")
     args, budget = adaptation.parse_args(["--quick", "--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
     assert budget.methods == ["control", "mic", "oracle"] and budget.lr_step == 150 and budget.total == 250
+    # --quick runs at the small input, in folders and a report of its own: never the full run's.
+    assert budget.overrides == adaptation.SMALL_INPUT
+    assert args.out_dir.endswith("bench_adaptation_quick/night") and args.output.endswith("adaptation_night_quick.json")
     cmd = adaptation.adapt_command("mic", 0, str(tmp_path), budget, "src")
     opts = dict(zip(cmd[5::2], cmd[6::2]))
     assert cmd[3] == "configs/synthetic_night/mic.yaml" and cmd[4] == "--resume"
@@ -97,6 +100,34 @@ def test_the_longest_runs_are_queued_first_so_two_jobs_do_not_end_on_one():
     assert costs == sorted(costs, reverse=True)
 
 
+def test_a_folder_holding_another_run_is_refused_and_kept(tmp_path):
+    """Skipping or resuming whatever a run folder holds would report (or continue) another budget's run
+    as this one: only the same run, or the same run continued for more steps, is taken."""
+    adaptation = _load("adaptation")
+    _, budget = adaptation.parse_args(["--adapt-iters", "500", "MIC.EMA_ALPHA", "0.99"])
+    wanted = adaptation.run_identity("mic", budget, "/cache/source_seed0_1000_abc")
+    out = tmp_path / "0" / "mic"
+    adaptation.check_run_folder(str(out), wanted)  # nothing there yet
+    out.mkdir(parents=True)
+    adaptation.check_run_folder(str(out), wanted)  # a folder from before the records: taken as it is
+    (out / "model_final.pth").write_bytes(b"weights")
+    record = out / adaptation.RUN_OF
+    record.write_text(json.dumps(wanted))
+    adaptation.check_run_folder(str(out), wanted)
+    record.write_text(json.dumps(dict(wanted, adapt_iters=250)))
+    adaptation.check_run_folder(str(out), wanted)  # the same run, continued to more steps
+    for other in (dict(wanted, adapt_iters=1000), dict(wanted, overrides=["MIC.EMA_ALPHA", "0.999"]),
+                  dict(wanted, source_model="source_seed0_1000_def")):
+        record.write_text(json.dumps(other))
+        with pytest.raises(RuntimeError, match=f"{out}.*another --out-dir"):
+            adaptation.check_run_folder(str(out), wanted)
+    assert (out / "model_final.pth").read_bytes() == b"weights"
+    # The control ignores MIC's keys: one control serves every MIC ablation.
+    control = adaptation.run_identity("control", budget, "/cache/source_seed0_1000_abc")
+    assert control["overrides"] == [] and adaptation.run_identity("control", adaptation.parse_args([])[1],
+                                                                  "/cache/source_seed0_1000_abc") == control
+
+
 def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="fog"):
     mean = sum(values) / len(values)
     path.write_text(json.dumps({
@@ -111,11 +142,11 @@ def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_b
     included); with DEMO_ARGS that match no record it must not call another budget 'the same'."""
     adaptation = _load("adaptation")
     _, budget = adaptation.parse_args(["--demo"])
-    assert budget.overrides == adaptation.DEMO_OVERRIDES and budget.seeds == [0]
+    assert budget.overrides == adaptation.SMALL_INPUT and budget.seeds == [0]
     full = _record(tmp_path / "adaptation_fog.json", [], [2.1, 4.1, 1.2])
-    demo = _record(tmp_path / "adaptation_fog_demo.json", adaptation.DEMO_OVERRIDES, [3.0, 2.0, 4.0])
-    night = _record(tmp_path / "adaptation_night_demo.json", adaptation.DEMO_OVERRIDES, [9.0, 9.0], shift="night")
-    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", adaptation.DEMO_OVERRIDES, [5.0])
+    demo = _record(tmp_path / "adaptation_fog_demo.json", adaptation.SMALL_INPUT, [3.0, 2.0, 4.0])
+    night = _record(tmp_path / "adaptation_night_demo.json", adaptation.SMALL_INPUT, [9.0, 9.0], shift="night")
+    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", adaptation.SMALL_INPUT, [5.0])
     line = adaptation.recorded_spread(budget, [full, night, one_seed, demo])
     assert demo in line and "same budget 1000+500" in line and "+3.0 ± 1.5" in line and "+3.0, +2.0, +4.0" in line
     # Without a record of its budget: the first readable one, said to be another budget.
@@ -169,7 +200,7 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
     assert find() is None  # no record of what it was trained from: not known to be the same run
     # A fog run of the same source model and input size; MIC's keys do not reach the control.
     _, fog_budget = adaptation.parse_args(["--source-iters", "200", "--adapt-iters", "50", "INPUT.MIN_SIZE_TEST", "160"])
-    (fog / adaptation.CONTROL_OF).write_text(json.dumps(adaptation.control_identity(fog_budget, source + "/")))
+    (fog / adaptation.RUN_OF).write_text(json.dumps(adaptation.run_identity("control", fog_budget, source + "/")))
     assert find() == str(fog / "model_final.pth")
     (fog / "metrics.json").write_text(json.dumps({"iteration": 120, "student/x/bbox/AP50": 1.0}) + "\n")
     assert find() is None  # unfinished: not the same run
