@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from adaptation import execute, machine_info, source_overrides  # noqa: E402
+from adaptation import execute, machine_info  # noqa: E402
+from bench_runs import source_overrides  # noqa: E402
 from bench_report import main_table, to_json, verdict_lines  # noqa: E402
 from bench_stats import SIGNIFICANCE, paired, summarize, verdicts  # noqa: E402
 
