@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 # Two cores: one intra-op thread per process keeps the data worker from fighting the step.
 export OMP_NUM_THREADS ?= 2
-# Detection benchmark runs trained at once, one thread each: two 1-thread runs do more steps per
+# Benchmark runs trained at once, one thread each: two 1-thread runs do more steps per
 # second than one 2-thread run (measured, BENCHMARKS.md session 12). A --jobs in BENCH_ARGS wins.
 BENCH_JOBS ?= 2
 
@@ -59,14 +59,14 @@ bench: bench-accuracy bench-speed
 
 bench-accuracy: $(STAMP)
 	$(PY) benchmarks/adaptation.py --jobs $(BENCH_JOBS) $(BENCH_ARGS)
-	$(PY) benchmarks/task_adaptation.py --task seg $(TASK_BENCH_ARGS)
-	$(PY) benchmarks/task_adaptation.py --task cls $(TASK_BENCH_ARGS)
+	$(PY) benchmarks/task_adaptation.py --task seg --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
+	$(PY) benchmarks/task_adaptation.py --task cls --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
 
 bench-seg: $(STAMP)
-	$(PY) benchmarks/task_adaptation.py --task seg $(TASK_BENCH_ARGS)
+	$(PY) benchmarks/task_adaptation.py --task seg --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
 
 bench-cls: $(STAMP)
-	$(PY) benchmarks/task_adaptation.py --task cls $(TASK_BENCH_ARGS)
+	$(PY) benchmarks/task_adaptation.py --task cls --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
 
 bench-speed: $(STAMP)
 	$(PY) benchmarks/speed.py $(BENCH_ARGS)

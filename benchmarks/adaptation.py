@@ -42,7 +42,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -53,8 +52,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_report import (class_table, logged_training_seconds, main_table, pseudo_table, time_table,  # noqa: E402
                           to_json, verdict_lines)
-from bench_runs import (RUN_OF, SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere,  # noqa: E402
-                        read_run, run_identity, source_overrides)
+from bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere,  # noqa: E402
+                        read_run, run_identity, source_overrides, start_run_folder)
 from bench_stats import mean_std, summarize, verdicts  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -310,23 +309,18 @@ def evaluate_shared_control(seed: int, out: str, budget: Budget, weights: str, t
 
 def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, threads: Optional[int]) -> Dict:
     out = os.path.join(out_dir, str(seed), method)
-    identity = run_identity(method, budget, source["dir"])
+    identity = run_identity(method, source["dir"], budget.adapt_iters, budget.overrides)
     check_run_folder(out, identity)
     if final_record(out, budget.total, budget.target_val) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
         return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters,
                 "logged_training_seconds": logged_training_seconds(out)}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, RUN_OF), "w") as f:
-        json.dump(identity, f)
     shared = finished_control_elsewhere(out, budget, source["dir"]) if method == "control" else None
+    # A shared control is only evaluated; minimal_mic loads the weights itself (--weights), afresh each time.
+    start_run_folder(out, identity, source["dir"], None if shared or method == "minimal_mic" else budget.checkpoint)
     if shared is not None:
         wall = evaluate_shared_control(seed, out, budget, shared, threads)
         return {"wall_seconds": wall, "skipped": False, "steps_run": 0, "shared_with": shared}
-    if method != "minimal_mic" and not os.path.isfile(os.path.join(out, "last_checkpoint")):
-        shutil.copy(os.path.join(source["dir"], budget.checkpoint), os.path.join(out, budget.checkpoint))
-        with open(os.path.join(out, "last_checkpoint"), "w") as f:
-            f.write(budget.checkpoint)
     cmd = adapt_command(method, seed, out, budget, source["dir"])
     print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
     wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
@@ -382,7 +376,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     try:  # before anything trains: a folder of another run stops the benchmark, not its last run
         for m, s in run_order(budget):
             check_run_folder(os.path.join(args.out_dir, str(s), m),
-                             run_identity(m, budget, source_dir(s, budget, args.cache_dir)))
+                             run_identity(m, source_dir(s, budget, args.cache_dir), budget.adapt_iters, budget.overrides))
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 from bench_stats import mean_std
@@ -47,14 +48,27 @@ def final_record(out: str, iters: int, target_val: str) -> Optional[Dict]:
 RUN_OF = "run_of.json"  # in every run's folder: what it was trained from, and how
 
 
-def run_identity(method: str, budget: Budget, source_dir: str) -> Dict:
+def run_identity(method: str, source_dir: str, adapt_iters: int, overrides: List[str]) -> Dict:
     """What makes two runs of ``method`` the same run: the source model (its folder name is keyed by
     seed, steps, config and overrides), the adaptation steps, and the overrides; for the control only
     those that reach source-only training (``MIC.*`` / ``UDA.*`` do not), so every method's ablation
     shares one control."""
-    overrides = source_overrides(budget.overrides) if method == "control" else list(budget.overrides)
+    overrides = source_overrides(overrides) if method == "control" else list(overrides)
     return {"method": method, "source_model": os.path.basename(os.path.normpath(source_dir)),
-            "adapt_iters": budget.adapt_iters, "overrides": overrides}
+            "adapt_iters": adapt_iters, "overrides": overrides}
+
+
+def start_run_folder(out: str, identity: Dict, source_dir: str, checkpoint: Optional[str]) -> None:
+    """Prepare ``out`` for ``tools/train_net.py --resume``: record the run, and, unless the run has
+    begun, place the source model's ``checkpoint`` (if given) as its last one, so that the run starts
+    from its weights, optimizer and schedule."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, RUN_OF), "w") as f:
+        json.dump(identity, f)
+    if checkpoint and not os.path.isfile(os.path.join(out, "last_checkpoint")):
+        shutil.copy(os.path.join(source_dir, checkpoint), os.path.join(out, checkpoint))
+        with open(os.path.join(out, "last_checkpoint"), "w") as f:
+            f.write(checkpoint)
 
 
 def check_run_folder(out: str, wanted: Dict) -> None:
@@ -91,7 +105,7 @@ def finished_control_elsewhere(out: str, budget: Budget, source_dir: str) -> Opt
     seed_dir = os.path.dirname(out)
     shifts_root = os.path.dirname(os.path.dirname(seed_dir))
     here = os.path.basename(os.path.dirname(seed_dir))
-    wanted = run_identity("control", budget, source_dir)
+    wanted = run_identity("control", source_dir, budget.adapt_iters, budget.overrides)
     for shift in sorted(os.listdir(shifts_root)) if os.path.isdir(shifts_root) else []:
         other = os.path.join(shifts_root, shift, os.path.basename(seed_dir), "control")
         final = os.path.join(other, "model_final.pth")

@@ -36,7 +36,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from adaptation import execute, machine_info  # noqa: E402
-from bench_runs import source_overrides  # noqa: E402
+from bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder  # noqa: E402
 from bench_report import main_table, to_json, verdict_lines  # noqa: E402
 from bench_stats import SIGNIFICANCE, paired, summarize, verdicts  # noqa: E402
 
@@ -150,15 +149,12 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
     """Run ``method`` for ``adapt_iters`` steps from the seed's source model (skipped when finished)."""
     out = os.path.join(out_dir, str(seed), method)
     total = source_iters + adapt_iters
+    identity = run_identity(method, source_dir, adapt_iters, overrides)
+    check_run_folder(out, identity)
     if _final_record(_records(out), total, task) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
         return out
-    os.makedirs(out, exist_ok=True)
-    checkpoint = f"model_{source_iters - 1:07d}.pth"
-    if not os.path.isfile(os.path.join(out, "last_checkpoint")):
-        shutil.copy(os.path.join(source_dir, checkpoint), os.path.join(out, checkpoint))
-        with open(os.path.join(out, "last_checkpoint"), "w") as f:
-            f.write(checkpoint)
+    start_run_folder(out, identity, source_dir, f"model_{source_iters - 1:07d}.pth")
     cmd = [sys.executable, "tools/train_net.py", "--config-file",
            os.path.join(REPO, task.config_dir, task.methods[method][1]), "--resume",
            "OUTPUT_DIR", out, "SEED", str(seed), "SOLVER.MAX_ITER", str(total),

@@ -103,29 +103,28 @@ def test_the_longest_runs_are_queued_first_so_two_jobs_do_not_end_on_one():
 def test_a_folder_holding_another_run_is_refused_and_kept(tmp_path):
     """Skipping or resuming whatever a run folder holds would report (or continue) another budget's run
     as this one: only the same run, or the same run continued for more steps, is taken."""
-    adaptation = _load("adaptation")
+    adaptation, runs = _load("adaptation"), _load("bench_runs")
     _, budget = adaptation.parse_args(["--adapt-iters", "500", "MIC.EMA_ALPHA", "0.99"])
-    wanted = adaptation.run_identity("mic", budget, "/cache/source_seed0_1000_abc")
+    wanted = runs.run_identity("mic", "/cache/source_seed0_1000_abc", budget.adapt_iters, budget.overrides)
     out = tmp_path / "0" / "mic"
-    adaptation.check_run_folder(str(out), wanted)  # nothing there yet
+    runs.check_run_folder(str(out), wanted)  # nothing there yet
     out.mkdir(parents=True)
-    adaptation.check_run_folder(str(out), wanted)  # a folder from before the records: taken as it is
+    runs.check_run_folder(str(out), wanted)  # a folder from before the records: taken as it is
     (out / "model_final.pth").write_bytes(b"weights")
-    record = out / adaptation.RUN_OF
+    record = out / runs.RUN_OF
     record.write_text(json.dumps(wanted))
-    adaptation.check_run_folder(str(out), wanted)
+    runs.check_run_folder(str(out), wanted)
     record.write_text(json.dumps(dict(wanted, adapt_iters=250)))
-    adaptation.check_run_folder(str(out), wanted)  # the same run, continued to more steps
+    runs.check_run_folder(str(out), wanted)  # the same run, continued to more steps
     for other in (dict(wanted, adapt_iters=1000), dict(wanted, overrides=["MIC.EMA_ALPHA", "0.999"]),
                   dict(wanted, source_model="source_seed0_1000_def")):
         record.write_text(json.dumps(other))
         with pytest.raises(RuntimeError, match=f"{out}.*another --out-dir"):
-            adaptation.check_run_folder(str(out), wanted)
+            runs.check_run_folder(str(out), wanted)
     assert (out / "model_final.pth").read_bytes() == b"weights"
     # The control ignores MIC's keys: one control serves every MIC ablation.
-    control = adaptation.run_identity("control", budget, "/cache/source_seed0_1000_abc")
-    assert control["overrides"] == [] and adaptation.run_identity("control", adaptation.parse_args([])[1],
-                                                                  "/cache/source_seed0_1000_abc") == control
+    control = runs.run_identity("control", "/cache/source_seed0_1000_abc", 500, budget.overrides)
+    assert control == runs.run_identity("control", "/cache/source_seed0_1000_abc", 500, [])
 
 
 def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="fog"):
@@ -186,12 +185,12 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
     but only the same run (source model, steps, overrides), whatever the folders beside it hold."""
     import json
 
-    adaptation = _load("adaptation")
+    adaptation, runs = _load("adaptation"), _load("bench_runs")
     _, budget = adaptation.parse_args(["--shift", "night", "--source-iters", "200", "--adapt-iters", "50",
                                        "MIC.EMA_ALPHA", "0.99", "INPUT.MIN_SIZE_TEST", "160"])
     source = str(tmp_path / "cache" / "source_seed1_200_abc")
     night_out = tmp_path / "night" / "1" / "control"
-    find = lambda out=night_out, b=budget: adaptation.finished_control_elsewhere(str(out), b, source)  # noqa: E731
+    find = lambda out=night_out, b=budget: runs.finished_control_elsewhere(str(out), b, source)  # noqa: E731
     assert find() is None
     fog = tmp_path / "fog" / "1" / "control"
     fog.mkdir(parents=True)
@@ -200,7 +199,8 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
     assert find() is None  # no record of what it was trained from: not known to be the same run
     # A fog run of the same source model and input size; MIC's keys do not reach the control.
     _, fog_budget = adaptation.parse_args(["--source-iters", "200", "--adapt-iters", "50", "INPUT.MIN_SIZE_TEST", "160"])
-    (fog / adaptation.RUN_OF).write_text(json.dumps(adaptation.run_identity("control", fog_budget, source + "/")))
+    (fog / runs.RUN_OF).write_text(json.dumps(
+        runs.run_identity("control", source + "/", fog_budget.adapt_iters, fog_budget.overrides)))
     assert find() == str(fog / "model_final.pth")
     (fog / "metrics.json").write_text(json.dumps({"iteration": 120, "student/x/bbox/AP50": 1.0}) + "\n")
     assert find() is None  # unfinished: not the same run
