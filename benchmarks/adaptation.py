@@ -141,8 +141,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
                         f"overrides {' '.join(SMALL_INPUT)}")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="fog", help="the built-in domain shift")
     # Half of the configs' 2000 + 1000, the budget of every recorded row (BENCHMARKS.md). 3 seeds x
-    # 5 methods from nothing is ~7.7 h of training on one core, ~4 h on an idle 2-core machine with
-    # --jobs 2 (measured, session 7): over the 2 hours issue 10 asks for.
+    # 5 methods from nothing: 4.0 h of runs, 124.7 min on an idle 2-core machine with --jobs 2
+    # (measured, session 13), 5 minutes over the 2 hours issue 10 asks for.
     p.add_argument("--source-iters", type=int, default=1000, help="steps of the shared source model")
     p.add_argument("--adapt-iters", type=int, default=500, help="steps every method runs from it")
     p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
