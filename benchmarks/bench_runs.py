@@ -1,6 +1,6 @@
 """A benchmark's run folders: which run a folder holds, whether it finished, and what it measured.
 
-Shared by ``adaptation.py`` (which trains the runs) and the tests: a run is
+Shared by ``adaptation.py`` and ``task_adaptation.py`` (which train the runs): a run is
 read back only from the files Detectron2 and mic_det write (``metrics.json``,
 ``log.txt``) and from ``run_of.json``, the record of what it was trained
 from, so a report can be rebuilt from folders alone and a folder of another
@@ -99,7 +99,7 @@ def finished_control_elsewhere(out: str, budget: Budget, source_dir: str) -> Opt
     Source-only training never sees the target, so the control of one shift
     *is* the control of every shift: it only needs evaluating on this one.
     "The same" is checked, not assumed from the folder layout: the other
-    run's ``control_of.json`` must match this one's (a control of another
+    run's ``run_of.json`` must match this one's (a control of another
     input size or source model beside it is not this run's control).
     """
     seed_dir = os.path.dirname(out)
