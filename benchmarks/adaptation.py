@@ -374,9 +374,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
           f"{budget.adapt_iters} per method; seeds {budget.seeds}; methods {budget.methods}", flush=True)
     timings: Dict[str, Dict[int, Dict]] = {"source model": {}, **{m: {} for m in budget.methods}}
     try:  # before anything trains: a folder of another run stops the benchmark, not its last run
+        dirs = {s: source_dir(s, budget, args.cache_dir) for s in budget.seeds}  # one key (file reads) per seed
         for m, s in run_order(budget):
             check_run_folder(os.path.join(args.out_dir, str(s), m),
-                             run_identity(m, source_dir(s, budget, args.cache_dir), budget.adapt_iters, budget.overrides))
+                             run_identity(m, dirs[s], budget.adapt_iters, budget.overrides))
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
