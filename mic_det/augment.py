@@ -7,6 +7,15 @@ then blur, then mask). Each image is cut out of its padding, taken back to
 RGB in [0, 1] (honouring ``INPUT.FORMAT``), jittered, renormalized, blurred,
 and written back; padding is never read or written.
 
+The RGB image is clamped to [0, 1] before the colour operations and after each
+one. Undoing the normalization of a black (or white) pixel gives a value a
+hair outside [0, 1] whenever ``PIXEL_STD`` is not 1, and torchvision's
+rgb -> hsv conversion (``adjust_hue``) turns a pixel whose largest channel is
+0 and smallest below 0 into NaN. On pixels inside the range the clamps change
+nothing, so the operations are torchvision's own; values far outside it (a
+batch that is not a normalized 0..255 image) are jittered as the nearest
+colour in range.
+
 What the reference does, and where this differs (on purpose):
 
 * On/off: the reference applies colour jitter when ``U > p`` with ``p = 0.2``
@@ -195,9 +204,11 @@ class MaskAugmentation:
         x = image.float()
         if draw["jitter"]:
             mean, std = self._stats(x.device)
-            rgb = ((x * std + mean) / 255.0)[self._to_rgb]
+            # Clamped: the round trip through the normalization leaves black a hair
+            # below 0 (white a hair above 1), where rgb -> hsv divides by zero.
+            rgb = ((x * std + mean) / 255.0)[self._to_rgb].clamp_(0.0, 1.0)
             for k in draw["order"]:
-                rgb = _COLOR_OPS[k](rgb, draw["factors"][k])
+                rgb = _COLOR_OPS[k](rgb, draw["factors"][k]).clamp_(0.0, 1.0)
             x = (rgb[self._to_rgb] * 255.0 - mean) / std
         if draw["blur"]:
             sigma = [draw["sigma"], draw["sigma"]]

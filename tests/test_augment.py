@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
+from torchvision.transforms.v2 import functional as TF
 
 from mic_det.augment import BLUR_SIGMA_RANGE, MaskAugmentation, blur_kernel_size
 from mic_det.config import add_mic_config
@@ -250,3 +251,85 @@ def test_augmentation_on_cuda():
     images = torch.randn(2, 3, 40, 50, device="cuda")
     out = MaskAugmentation(PIXEL_MEAN, PIXEL_STD, 1.0, 0.2, 1.0)(images, [(40, 50), (30, 20)], g)
     assert out.is_cuda and bool(torch.isfinite(out).all())
+
+
+# ------------------------------------------- the ends of the pixel range, any normalisation
+# ImageNet statistics in both channel orders: Detectron2's BGR defaults with a real
+# std (synthetic classification / segmentation) and torchvision's RGB ones (DeepLab).
+IMAGENET = {
+    "BGR": ([103.53, 116.28, 123.675], [57.375, 57.12, 58.395]),
+    "RGB": ([123.675, 116.28, 103.53], [58.395, 57.12, 57.375]),
+}
+
+
+def _pixels(kind: str, n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """(n, 3, h, w) pixels on 0..255: black, white, dark (0..20, a third exact zeros) or in range (25..225)."""
+    g = _gen(seed)
+    if kind == "black":
+        return torch.zeros(n, 3, h, w)
+    if kind == "white":
+        return torch.full((n, 3, h, w), 255.0)
+    if kind == "dark":
+        pixels = torch.randint(0, 21, (n, 3, h, w), generator=g).float()
+        return pixels * (torch.rand(n, 1, h, w, generator=g) > 1 / 3)  # black pixels among dark ones
+    return torch.rand(n, 3, h, w, generator=g) * 200.0 + 25.0
+
+
+def _stats(fmt):
+    mean, std = IMAGENET[fmt]
+    return torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize("kind", ["black", "white", "dark"])
+@pytest.mark.parametrize("fmt", ["BGR", "RGB"])
+def test_output_is_finite_at_the_ends_of_the_pixel_range(fmt, kind):
+    """Black, white and dark images under a std other than 1 never come out NaN.
+
+    Denormalising black gives values a hair below 0, where torchvision's
+    rgb -> hsv (adjust_hue) divides by a zero maximum.
+    """
+    n, calls = 8, 40
+    mean, std = _stats(fmt)
+    aug = MaskAugmentation(*IMAGENET[fmt], color_jitter_prob=1.0, color_jitter_strength=0.2,
+                           blur_prob=0.5, input_format=fmt)
+    g = _gen(30)
+    bad = 0
+    for c in range(calls):
+        images = (_pixels(kind, n, 16, 16, seed=100 + c) - mean) / std
+        out = aug(images, [(16, 16)] * n, g)
+        bad += int((~torch.isfinite(out)).flatten(1).any(dim=1).sum())
+    assert bad == 0, f"{bad} of {n * calls} jittered {kind} images ({fmt}) are not finite"
+
+
+def _torchvision_jitter(pixels: torch.Tensor, fmt: str, draw: dict) -> torch.Tensor:
+    """torchvision's four ops on the exact pixels (3, h, w) as RGB in [0, 1], in the drawn order, back on 0..255."""
+    to_rgb = [2, 1, 0] if fmt == "BGR" else [0, 1, 2]
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    rgb = (pixels / 255.0)[to_rgb]
+    for k in draw["order"]:
+        rgb = ops[k](rgb, draw["factors"][k])
+    return rgb[to_rgb] * 255.0
+
+
+@pytest.mark.parametrize("kind", ["in_range", "dark", "black", "white"])
+@pytest.mark.parametrize("fmt", ["BGR", "RGB"])
+def test_jitter_is_torchvisions_on_the_exact_pixels(fmt, kind):
+    """The jitter is torchvision's, on the pixels the normalised batch stands for.
+
+    In range it is what it always was; at the ends of the range too (black
+    stays black, up to the round trip through the normalisation).
+    """
+    n, seed = 16, 31
+    mean, std = _stats(fmt)
+    pixels = _pixels(kind, n, 12, 14, seed=32)
+    aug = MaskAugmentation(*IMAGENET[fmt], color_jitter_prob=1.0, color_jitter_strength=0.5,
+                           blur_prob=0.0, input_format=fmt)
+    out = aug((pixels - mean) / std, [(12, 14)] * n, _gen(seed)) * std + mean
+    draws = aug._draw(n, pixels.device, _gen(seed))  # the draws of that call
+    assert len({tuple(d["order"]) for d in draws}) > 4  # hue first, last, in between
+    expected = torch.stack([_torchvision_jitter(pixels[i], fmt, draws[i]) for i in range(n)])
+    bad = int((~torch.isfinite(out)).flatten(1).any(dim=1).sum())
+    assert bad == 0, f"{bad} of {n} jittered {kind} images ({fmt}) are not finite"
+    torch.testing.assert_close(out, expected, atol=1e-2, rtol=0)  # on 0..255
+    if kind == "black":
+        assert float(out.abs().max()) < 1e-3

@@ -335,3 +335,54 @@ def test_frozen_norm_statistics_leaves_a_cumulative_average_batchnorm_as_it_foun
     # the cumulative mean of the two counted batches, as if the masked one never happened
     assert torch.allclose(net.running_mean, (first.mean(0) + second.mean(0)) / 2, atol=1e-6)
     assert torch.equal(net.running_mean, reference.running_mean) and torch.equal(net.running_var, reference.running_var)
+
+
+# ------------------------------------------------------- non-finite masked views and losses
+def test_non_finite_masked_loss_is_an_error_naming_the_loss_the_iteration_and_the_images(tiny_pair, tmp_path):
+    trainer = _trainer(tiny_pair, tmp_path, "MIC.MASK_AUG.ENABLED", "False")
+    step = trainer._trainer
+    target = next(iter(step.target_loader))
+    _stub_teacher(step, boxes_for={0, 1})
+    forward = step.model.forward
+
+    def nan_on_the_masked_view(batched_inputs, *args, **kwargs):
+        losses = forward(batched_inputs, *args, **kwargs)
+        if _is_masked(batched_inputs):
+            losses["loss_cls"] = losses["loss_cls"] * float("nan")
+        return losses
+
+    step.model.forward = nan_on_the_masked_view
+    step.iter = 7
+    with EventStorage(7), pytest.raises(FloatingPointError) as err:
+        step._mic_losses(target)
+    message = str(err.value)
+    assert "loss_cls_mic" in message and "loss_rpn_cls_mic" not in message
+    assert "iteration 7" in message
+    for x in target:
+        assert x["file_name"] in message and f"image_id={x['image_id']!r}" in message
+    assert "masked input was finite" in message
+
+
+def test_non_finite_mask_augmentation_is_an_error_before_the_student_forward(tiny_pair, tmp_path):
+    trainer = _trainer(tiny_pair, tmp_path)
+    step = trainer._trainer
+    assert step.mask_augmentation is not None
+    target = next(iter(step.target_loader))
+    _stub_teacher(step, boxes_for={0, 1})
+    augmentation = step.mask_augmentation
+
+    def nan_in_image_1(images, image_sizes, generator=None):
+        out = augmentation(images, image_sizes, generator)
+        out[1] = float("nan")  # hidden blocks become the mean, the visible ones stay NaN
+        return out
+
+    step.mask_augmentation = nan_in_image_1
+    forwards, _ = _spy_student(step)
+    step.iter = 3
+    with EventStorage(3), pytest.raises(FloatingPointError, match="mask augmentation") as err:
+        step._mic_losses(target)
+    message = str(err.value)
+    assert "iteration 3" in message and "_mic" in message
+    bad_images = message.split("(of")[0]
+    assert target[1]["file_name"] in bad_images and target[0]["file_name"] not in bad_images
+    assert not any(_is_masked(f) for f in forwards)  # raised before the masked forward

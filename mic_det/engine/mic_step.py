@@ -345,7 +345,11 @@ class MICStep(SimpleTrainer):
         return losses
 
     def _masked_losses(self, inputs: List[Dict], targets: List[Any], suffix: str) -> Dict[str, torch.Tensor]:
-        """Student losses on block-masked copies of ``inputs`` against ``targets``."""
+        """Student losses on block-masked copies of ``inputs`` against ``targets``.
+
+        A masked view with non-finite pixels, or a non-finite loss on it, raises
+        FloatingPointError naming the loss, the iteration and the images.
+        """
         student = unwrap_model(self.model)
         with torch.no_grad():
             images = self.task.preprocess(student, inputs)
@@ -357,6 +361,8 @@ class MICStep(SimpleTrainer):
             # Back to pixel space: the student normalises its inputs itself, so
             # the masked view enters through the same (DDP-wrapped) forward.
             pixels = tensor * self.pixel_std + self.pixel_mean
+            if not bool(torch.isfinite(pixels).all()):
+                self._raise_non_finite_view(pixels, images.tensor, inputs, suffix)
         storage = get_event_storage()
         storage.put_scalar(f"mic/mask_ratio{suffix}", mask_ratio_drawn(mask, images.image_sizes))
         masked = self.task.masked_inputs(pixels, images.image_sizes, inputs, targets)
@@ -364,4 +370,49 @@ class MICStep(SimpleTrainer):
             self.task.visualize(storage, student, inputs, masked)
         with contextlib.nullcontext() if self.masked_updates_norm_stats else frozen_norm_statistics(student):
             losses = self.model(masked)
-        return {f"{k}{suffix}": v * self.loss_weight for k, v in losses.items()}
+        losses = {f"{k}{suffix}": v * self.loss_weight for k, v in losses.items()}
+        self._check_masked_losses(losses, inputs)
+        return losses
+
+    def _check_masked_losses(self, losses: Dict[str, torch.Tensor], inputs: List[Dict]) -> None:
+        """Raise FloatingPointError naming the loss, the iteration and the images if a masked loss is not finite.
+
+        One host read for all the losses; the names are looked up only when one is bad.
+        """
+        if not losses:
+            return
+        values = torch.cat([v.detach().float().reshape(-1) for v in losses.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [k for k, v in losses.items() if not bool(torch.isfinite(v.detach()).all())]
+        raise FloatingPointError(
+            f"The masked view's loss {', '.join(bad)} is not finite "
+            f"({', '.join(f'{k} = {float(losses[k].detach().float().reshape(-1)[0])}' for k in bad)}) "
+            f"at iteration {self.iter}, on the images {_describe_inputs(inputs)}. The masked input "
+            f"was finite: the student's forward on it produced the non-finite value."
+        )
+
+    def _raise_non_finite_view(self, pixels: torch.Tensor, normalized: torch.Tensor, inputs: List[Dict],
+                               suffix: str) -> None:
+        """Raise FloatingPointError for a masked view with non-finite pixels, saying which step made them."""
+        per_image = ~torch.isfinite(pixels).flatten(1).all(dim=1)
+        bad = [x for x, b in zip(inputs, per_image.tolist()) if b]
+        if not bool(torch.isfinite(normalized).all()):
+            cause = "the input images themselves (before augmentation and masking) are not finite"
+        elif self.mask_augmentation is not None:
+            cause = f"the mask augmentation (MIC.MASK_AUG, {self.mask_augmentation!r}) produced it"
+        else:
+            cause = "the block mask produced it"
+        raise FloatingPointError(
+            f"The masked input (loss suffix {suffix}) has non-finite pixels at iteration {self.iter}, "
+            f"on the images {_describe_inputs(bad)} (of {_describe_inputs(inputs)}): {cause}."
+        )
+
+
+def _describe_inputs(inputs: List[Dict]) -> str:
+    """The images of a batch, by file name and image id where the dicts have them."""
+    names = []
+    for i, x in enumerate(inputs):
+        parts = [f"{k}={x[k]!r}" for k in ("file_name", "image_id") if k in x]
+        names.append(f"({', '.join(parts)})" if parts else f"(image {i} of the batch, unnamed)")
+    return "[" + ", ".join(names) + "]"
