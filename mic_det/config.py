@@ -7,6 +7,7 @@ evaluation sets.
 """
 from detectron2.config import CfgNode as CN
 
+from .modeling.mobilenet import add_mobilenet_config
 from .segmentation.config import add_segmentation_config
 
 __all__ = ["add_mic_config"]
@@ -213,6 +214,7 @@ def add_mic_config(cfg: CN) -> CN:
     _C.TEST.BEST_CHECKPOINT.MODEL = "student"
     # "max" or "min".
     _C.TEST.BEST_CHECKPOINT.MODE = "max"
+    add_mobilenet_config(_C)  # MODEL.MOBILENET.* (mic_det/modeling/mobilenet.py)
     add_segmentation_config(_C)  # SEG.* and Detectron2's DeepLab keys (mic_det/segmentation/config.py)
 
     from .classification.config import add_classification_config  # lazy: that package registers its models

@@ -247,3 +247,16 @@ def test_ramped_alpha_is_dacs_mean_teacher_ramp():
 
     assert [ramped_alpha(0.99, t) for t in range(4)] == [0.0, 0.5, 1 - 1 / 3, 0.75]
     assert ramped_alpha(0.99, 10_000) == 0.99 and ramped_alpha(0.9, 9) == 0.9
+
+
+def test_teacher_student_gap_is_teacher_minus_student_per_evaluated_set():
+    from mic_det.engine.trainer import teacher_student_gap
+
+    results = {
+        "student": {"night_val": {"bbox": {"AP50": 65.0, "AP": 30.0}}, "clear_val": {"bbox": {"AP50": 80.0}}},
+        "teacher": {"night_val": {"bbox": {"AP50": 53.8, "AP": 28.0}}, "clear_val": {"bbox": {"AP50": float("nan")}}},
+    }
+    gaps = teacher_student_gap(results, "bbox/AP50")
+    assert gaps == {"teacher_minus_student/night_val/bbox/AP50": pytest.approx(-11.2)}
+    assert teacher_student_gap(results, "sem_seg/mIoU") == {}
+    assert teacher_student_gap({"student": results["student"]}, "bbox/AP50") == {}

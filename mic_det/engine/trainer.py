@@ -23,7 +23,7 @@ from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
 from .task import build_task
 
-__all__ = ["MICTrainer", "divergence_hint", "evaluate_models", "models_to_evaluate"]
+__all__ = ["MICTrainer", "divergence_hint", "evaluate_models", "models_to_evaluate", "teacher_student_gap"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,7 @@ class MICTrainer(DefaultTrainer):
             if teacher is None and cfg.TEST.EVAL_MODEL == "teacher":
                 return {}
             self._last_eval_results = evaluate_models(cfg, models_to_evaluate(cfg, self.model, teacher), self.iter)
+            log_teacher_student_gap(self._last_eval_results, cfg.TEST.BEST_CHECKPOINT.METRIC, self.storage)
             return self._last_eval_results
 
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
@@ -289,6 +290,35 @@ def models_to_evaluate(cfg: CfgNode, student: torch.nn.Module, teacher: Optional
     if not models:
         raise ValueError("TEST.EVAL_MODEL asks for the teacher, but this run has none (MIC.ENABLED is off)")
     return models
+
+
+def teacher_student_gap(results: Dict, metric: str) -> Dict[str, float]:
+    """``{"teacher_minus_student/<dataset>/<metric>": teacher - student}`` for each evaluated set.
+
+    The teacher's pseudo-labels are all the student learns on the target: a teacher
+    far below its student (an EMA too slow for the run's length) teaches it little
+    new, one far above it is what the EMA is for. ``metric`` is a flattened key of
+    the results, e.g. "bbox/AP50"; sets without it in both models are left out.
+    """
+    teacher, student = results.get("teacher"), results.get("student")
+    if not teacher or not student:
+        return {}
+    group, _, name = metric.partition("/")
+    gaps = {}
+    for dataset, res in teacher.items():
+        t = (res or {}).get(group, {}).get(name)
+        s = ((student.get(dataset) or {}).get(group) or {}).get(name)
+        if isinstance(t, (int, float)) and isinstance(s, (int, float)) and math.isfinite(t) and math.isfinite(s):
+            gaps[f"teacher_minus_student/{dataset}/{metric}"] = float(t) - float(s)
+    return gaps
+
+
+def log_teacher_student_gap(results: Dict, metric: str, storage) -> None:
+    """Put :func:`teacher_student_gap` in the event storage (TensorBoard, metrics.json) and the log."""
+    gaps = teacher_student_gap(results, metric)
+    if gaps and comm.is_main_process():
+        storage.put_scalars(**gaps, smoothing_hint=False)
+        logger.info("Teacher - student: %s", ", ".join(f"{k.split('/', 1)[1]} {v:+.2f}" for k, v in gaps.items()))
 
 
 def _config_path(cfg: CfgNode) -> str:
