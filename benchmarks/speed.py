@@ -51,11 +51,33 @@ BASELINES = {
 }
 
 
+def run_steps(trainer, count: int, sync=None):
+    """Run ``count`` training steps of ``trainer`` (a MICTrainer after ``resume_or_load``).
+
+    Only the step (``MICStep.run_step``: data, forwards, backward, optimizer,
+    EMA), none of the trainer's hooks (no lr schedule, checkpoints,
+    evaluation). Yields ``(iteration, seconds, storage)`` after each step;
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before the clock is
+    read, so asynchronous GPU work is inside the step's time.
+    """
+    from detectron2.utils.events import EventStorage
+
+    step = trainer._trainer
+    with EventStorage(0) as storage:
+        step.storage = storage
+        for i in range(count):
+            step.iter = i
+            start = time.perf_counter()
+            step.run_step()
+            if sync is not None:
+                sync()
+            yield i, time.perf_counter() - start, storage
+
+
 def worker(args) -> dict:
     """Time one method in this process."""
     import torch
     from detectron2.config import get_cfg
-    from detectron2.utils.events import EventStorage
 
     import mic_det  # noqa: F401
     from mic_det import add_mic_config
@@ -78,20 +100,13 @@ def worker(args) -> dict:
     cfg.merge_from_list(opts + args.opts)
     trainer = MICTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    step = trainer._trainer
     step_times, data_times, boxes = [], [], []
-    with EventStorage(0) as storage:
-        step.storage = storage
-        for i in range(args.warmup + args.steps):
-            step.iter = i
-            start = time.perf_counter()
-            step.run_step()
-            elapsed = time.perf_counter() - start
-            if i >= args.warmup:
-                step_times.append(elapsed)
-                data_times.append(storage.history("data_time").latest())
-                if "mic/boxes_per_image" in storage.histories():
-                    boxes.append(storage.history("mic/boxes_per_image").latest())
+    for i, elapsed, storage in run_steps(trainer, args.warmup + args.steps):
+        if i >= args.warmup:
+            step_times.append(elapsed)
+            data_times.append(storage.history("data_time").latest())
+            if "mic/boxes_per_image" in storage.histories():
+                boxes.append(storage.history("mic/boxes_per_image").latest())
 
     model = trainer.model.eval()
     dataset = cfg.DATASETS.TEST[0]

@@ -1,6 +1,7 @@
 """The benchmark scripts: their statistics, and the minimal MIC loop on the tiny pair (the full runs are by hand)."""
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -253,3 +254,39 @@ def test_the_minimal_loop_runs_from_a_source_checkpoint_and_logs_its_time(source
     assert ap["teacher"] > 10.0 and ap["student"] > 10.0, ap
     assert record["student/synthetic_clear_train/bbox/AP"] != record["teacher/synthetic_clear_train/bbox/AP"]
     assert _load("bench_report").logged_training_seconds(str(out)) is not None
+
+
+def _gpu_check(args, env=None):
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "gpu_check.py"), *args]
+    return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_gpu_check_runs_its_cpu_path_and_reports_finite_mic_losses(tiny_pair, tmp_path):
+    """benchmarks/gpu_check.py on the CPU: the Cityscapes -> Foggy MIC model (R50-FPN, full heads), 3 steps at
+    128 px on the tiny pair; threshold 0 so every step runs the masked forward and its losses are real."""
+    out = tmp_path / "gpu_check.json"
+    proc = _gpu_check(["--device", "cpu", "--iters", "3", "--size", "128", "--out", str(out),
+                       "--tmp", str(tmp_path / "run"), *TINY_OVERRIDES, "DATASETS.SYNTHETIC_ROOT", str(tiny_pair),
+                       "MIC.PSEUDO_SCORE_THRESH", "0.0"])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert report["config"] == "configs/cityscapes_foggy/mic_R50_FPN.yaml" and report["device"] == "cpu"
+    assert report["model"]["depth"] == 50 and report["model"]["norm"] == "GN"  # no weights: trained from scratch
+    assert report["amp"] is False and report["peak_gpu_memory_mb"] is None  # AMP only acts on CUDA
+    assert report["iters"] == 3 and report["warmup"] == 1 and report["image_size"] == [128, 256]
+    assert report["step_s_median"] > 0 and report["peak_rss_mb"] > 0
+    losses = report["mic_losses"]
+    assert set(losses) == {"loss_cls_mic", "loss_box_reg_mic", "loss_rpn_cls_mic", "loss_rpn_loc_mic"}
+    assert report["mic_losses_finite"] and all(math.isfinite(v) for v in losses.values())
+    assert losses["loss_cls_mic"] > 0  # the masked forward ran on pseudo-boxes
+    assert report["pseudo_boxes_per_image"] > 0 and report["steps_with_pseudo_boxes"] == 1.0
+    assert "| step s (median of 2, after 1 warm-up) |" in proc.stdout and "| loss_cls_mic" in proc.stdout
+
+
+def test_the_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    proc = _gpu_check(["--out", str(out)], env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.splitlines() == ["CUDA is not available: GPU check skipped (--device cpu runs it on the CPU)."]
+    assert not out.exists()
