@@ -92,19 +92,23 @@ def add_mic_config(cfg: CN) -> CN:
     # Steps each signal is averaged over (and the spacing of rollback snapshots).
     _C.MIC.GUARD.WINDOW = 20
     # Collapse when the source accuracy falls below this fraction of its value
-    # at the start of adaptation ...
+    # as adaptation starts (the student forgets the labels it is given) ...
     _C.MIC.GUARD.MIN_ACCURACY_RATIO = 0.5
     # ... or the teacher gives more than this many pseudo-labels per image per
-    # labelled source object (it hallucinates), or its count falls under a
-    # tenth of what it was at the start (it died).
+    # labelled source object (it hallucinates; the only bound on a count that
+    # starts from zero), or its count falls under a tenth of the highest level
+    # it reached, once that was at least 0.5 per image (it died) ...
     _C.MIC.GUARD.MAX_PSEUDO_RATIO = 3.0
     # ... or its pseudo-labels per image grow past this many times their count
-    # when adaptation started (at least 0.5 counted; 0 turns it off): a slow
-    # drift into confirming its own false boxes (measured on the night shift,
-    # see mic_det/engine/collapse_guard.py).
+    # over the first window (at least 0.5 counted; 0 turns it off): a slow drift
+    # into confirming its own false boxes while under the source's objects per
+    # image (BENCHMARKS.md). Judged only when that start is a level (>= 0.25
+    # per image, the next window within 2x): a count climbing from ~0 is a
+    # teacher learning to detect (MIC from step 0), not a drift.
     _C.MIC.GUARD.MAX_PSEUDO_GROWTH = 3.5
     # "rollback": restore student, teacher and optimizer from before the
     # collapse, multiply the lr by LR_FACTOR and go on; "stop": raise; "warn": log only.
+    # A run that rolled back logs guard/rollbacks at every later step and a warning at its end.
     _C.MIC.GUARD.ACTION = "rollback"
     _C.MIC.GUARD.MAX_ROLLBACKS = 3
     _C.MIC.GUARD.LR_FACTOR = 0.5

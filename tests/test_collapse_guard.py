@@ -1,5 +1,6 @@
 """The collapse guard: what counts as a collapse, and what a rollback restores."""
 import logging
+import random
 import types
 
 import pytest
@@ -46,9 +47,37 @@ def _drive(guard, trainer, signals):
 
 
 def _guard(trainer, **kw):
-    g = CollapseGuard(start_iter=kw.pop("start_iter", 10), window=5, **kw)
+    g = CollapseGuard(start_iter=kw.pop("start_iter", 10), window=kw.pop("window", 5), **kw)
     g.trainer = trainer
     return g
+
+
+def _rising_from_zero(steps=300, hold=300, objects=4.3, seed=0):
+    """MIC from step 0 on a model whose detection head is still untrained: the teacher gives
+    nothing at first, then learns to detect, up to about the source's objects per image.
+
+    Two target images per step, each with a Poisson count around the current level; the source
+    accuracy and the source's objects per image are steady (noisy too).
+    """
+    rng = random.Random(seed)
+
+    def poisson(lam):  # Knuth's method: fine for small lam
+        k, p, limit = 0, 1.0, pow(2.718281828459045, -lam)
+        while True:
+            p *= rng.random()
+            if p <= limit:
+                return k
+            k += 1
+
+    signals = []
+    for it in range(steps + hold):
+        level = objects * min(1.0, it / steps)
+        signals.append({
+            "source_accuracy": 0.9 + rng.uniform(-0.05, 0.05),
+            "pseudo_per_image": (poisson(level) + poisson(level)) / 2,
+            "source_objects_per_image": (poisson(objects) + poisson(objects)) / 2,
+        })
+    return signals
 
 
 HEALTHY = {"source_accuracy": 0.9, "pseudo_per_image": 1.5, "source_objects_per_image": 4.0}
@@ -59,6 +88,38 @@ def test_a_healthy_run_is_left_alone():
     guard = _guard(trainer, action="stop")
     _drive(guard, trainer, [HEALTHY] * 60)
     assert guard.rollbacks == 0 and guard.reference_accuracy == pytest.approx(0.9)
+
+
+def test_a_teacher_learning_to_detect_from_zero_is_left_alone(caplog):
+    """(a) MIC from step 0: the count rises from 0 to ~4 per image (4.3 source objects): healthy."""
+    slow, fast = _rising_from_zero(steps=300), _rising_from_zero(steps=100, seed=1)
+    assert _mean_of(slow[:20]) < 0.25 and _mean_of(slow[-100:]) > 3.5  # the scenario is what it says
+    # A teacher that learns fast already gives a few boxes in the first window, then climbs.
+    assert _mean_of(fast[:20]) > 0.25 and _mean_of(fast[20:40]) > 2 * _mean_of(fast[:20])
+    for signals, window in ((slow, 20), (slow, 5), (fast, 20)):
+        caplog.clear()
+        trainer = _Trainer()
+        guard = _guard(trainer, start_iter=0, window=window, action="rollback")
+        with caplog.at_level(logging.WARNING, logger="mic_det.engine.collapse_guard"):
+            after = _drive(guard, trainer, signals)
+            guard.after_train()
+        assert guard.rollbacks == 0 and after == [float(i) for i in range(len(signals))]
+        assert "collapsed" not in caplog.text and "rolled back" not in caplog.text.lower()
+        assert "guard/rollbacks" not in trainer.storage.histories()
+        assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_a_count_rising_from_a_small_start_to_well_under_the_source_objects_is_left_alone():
+    """(b) 0.4 -> 1.5 per image, source ~4 objects: a teacher finding more of the objects, not a drift."""
+    trainer = _Trainer()
+    guard = _guard(trainer, start_iter=0, action="stop")  # the default MAX_PSEUDO_GROWTH
+    rising = [dict(HEALTHY, pseudo_per_image=min(1.5, 0.4 + 1.1 * i / 200)) for i in range(400)]
+    _drive(guard, trainer, rising)
+    assert guard.rollbacks == 0 and guard.reference_pseudo == pytest.approx(0.4, abs=0.02)
+
+
+def _mean_of(signals, key="pseudo_per_image"):
+    return sum(s[key] for s in signals) / len(signals)
 
 
 def test_falling_source_accuracy_rolls_back_and_lowers_the_lr():
@@ -105,12 +166,64 @@ def test_a_teacher_that_dies_is_a_collapse():
         _drive(guard, trainer, [HEALTHY] * 25 + [dict(HEALTHY, pseudo_per_image=0.0)] * 10)
 
 
+def test_a_teacher_that_learnt_to_detect_then_dies_is_a_collapse():
+    """MIC from step 0: the death check is armed by the level the count reached, not by its start (~0)."""
+    trainer = _Trainer()
+    guard = _guard(trainer, start_iter=0, window=20, action="stop")
+    rise = _rising_from_zero(steps=300, hold=100)
+    with pytest.raises(TrainingCollapsed, match=r"fell to 0\.\d+ per image, from [3-5]\.\d+ at their highest"):
+        _drive(guard, trainer, rise + [dict(HEALTHY, pseudo_per_image=0.0)] * 40)
+    assert guard.reference_pseudo < 0.25 and guard.peak_pseudo > 3.5
+
+
+def test_the_death_check_waits_for_a_meaningful_count():
+    """A teacher that never gave half a box per image falling silent is not "dead": it is warned about."""
+    trainer = _Trainer()
+    guard = _guard(trainer, start_iter=0, action="stop")
+    _drive(guard, trainer, [dict(HEALTHY, pseudo_per_image=0.4)] * 40 + [dict(HEALTHY, pseudo_per_image=0.0)] * 40)
+    assert guard.rollbacks == 0 and guard.peak_pseudo == pytest.approx(0.4)
+
+
 def test_never_any_pseudo_label_warns_but_does_not_stop(caplog):
     trainer = _Trainer()
     guard = _guard(trainer, action="stop")
     with caplog.at_level(logging.WARNING, logger="mic_det.engine.collapse_guard"):
         _drive(guard, trainer, [dict(HEALTHY, pseudo_per_image=0.0, teacher_top_score=0.42)] * 70)
     assert "no pseudo-label" in caplog.text and "0.420" in caplog.text and "PSEUDO_SCORE_THRESH" in caplog.text
+
+
+def test_a_run_that_rolled_back_says_so_at_every_step_and_at_its_end(caplog):
+    trainer = _Trainer()
+    guard = _guard(trainer, action="rollback", lr_factor=0.5)
+    collapsing = [dict(HEALTHY, source_accuracy=0.9 - 0.1 * i) for i in range(9)]
+    _drive(guard, trainer, [HEALTHY] * 20 + collapsing + [HEALTHY] * 30)
+    assert guard.rollbacks == 1 and guard.rollback_iters == [27]
+    storage = trainer.storage
+    assert storage.smoothing_hints()["guard/rollbacks"] is False
+    logged = storage.history("guard/rollbacks").values()
+    assert [i for _, i in logged] == list(range(27, 59)) and {v for v, _ in logged} == {1.0}  # from the rollback on
+    with caplog.at_level(logging.WARNING, logger="mic_det.engine.collapse_guard"):
+        guard.after_train()
+    assert "rolled back this run 1 time(s) at iteration(s) 27" in caplog.text
+    assert "multiplied by 0.5 in all" in caplog.text
+    # Kept across a resume: the count, the lr factor, the iterations.
+    resumed = _guard(_Trainer())
+    resumed.load_state_dict(guard.state_dict())
+    assert (resumed.rollbacks, resumed.lr_scale, resumed.rollback_iters) == (1, 0.5, [27])
+
+
+def test_two_rollbacks_report_the_product_of_their_lr_factors(caplog):
+    trainer = _Trainer()
+    guard = _guard(trainer, action="rollback", lr_factor=0.5, max_rollbacks=2)
+    bad = dict(HEALTHY, source_accuracy=0.05)
+    with pytest.raises(TrainingCollapsed, match="2 rollbacks did not help"):
+        _drive(guard, trainer, [HEALTHY] * 20 + [bad] * 40)
+    with caplog.at_level(logging.WARNING, logger="mic_det.engine.collapse_guard"):
+        guard.after_train()  # Detectron2 calls it also when training raised
+    assert "rolled back this run 2 time(s)" in caplog.text and "multiplied by 0.25 in all" in caplog.text
+    # The lr in force when the collapse is seen is lowered: the snapshot's older lr is not brought back.
+    assert trainer.scheduler.base_lrs == [pytest.approx(0.025)]
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
 
 
 def test_too_many_rollbacks_stop_the_run():
@@ -148,3 +261,8 @@ def test_guard_fires_on_a_run_made_to_collapse(source_only_run, tiny_pair, tmp_p
     assert (out / "model_0000002.pth").is_file()  # written before the collapse, kept
     rollbacks = [r["guard/rollbacks"] for r in read_metrics(out) if "guard/rollbacks" in r]
     assert rollbacks and max(rollbacks) == 1
+    # From the rollback on, every record says so; and the end of training (even a stopped one) too.
+    records = [r for r in read_metrics(out) if "iteration" in r]
+    first = next(i for i, r in enumerate(records) if "guard/rollbacks" in r)
+    assert all("guard/rollbacks" in r for r in records[first:])
+    assert "rolled back this run 1 time(s)" in log
