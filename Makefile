@@ -29,7 +29,7 @@ PYTHON310 := $(shell \
       p="$$(pyenv root)/versions/$$v/bin/python3.10"; [ -x "$$p" ] && { echo "$$p"; break; }; done; \
   fi)
 
-.PHONY: all env demo test bench bench-accuracy bench-seg bench-cls bench-speed data clean-env
+.PHONY: all env demo test bench bench-accuracy bench-seg bench-cls bench-speed bench-gpu data clean-env
 
 all: env
 env: $(STAMP)
@@ -76,6 +76,8 @@ bench-cls: $(STAMP)
 bench-speed: $(STAMP)
 	$(PY) benchmarks/speed.py $(BENCH_ARGS)
 
+bench-gpu: $(STAMP)
+	$(PY) benchmarks/gpu_check.py $(GPU_ARGS)
 
 clean-env:
 	rm -rf $(VENV)
