@@ -56,6 +56,16 @@ def add_mic_config(cfg: CN) -> CN:
     # Ramp the EMA weight as DACS / DAFormer do: alpha_t = min(1 - 1/(t+1), EMA_ALPHA)
     # at the t-th MIC step (MIC's segmentation and classification code); off for detection.
     _C.MIC.EMA_RAMP = False
+    # BatchNorm of the teacher's forward that makes the pseudo-labels:
+    #   "eval":  running statistics (the EMA of the student's), as at test time;
+    #   "train": the target batch's own statistics; the running ones stay untouched
+    #            (mic_det/teacher.py, batch_norm_on_batch_statistics). MIC's classification
+    #            and segmentation code does this: its teachers are never put in eval mode;
+    #   "auto":  the task's choice: "train" for classification and segmentation (the
+    #            reference), "eval" for detection (its reference teacher runs in eval mode).
+    # No effect on models without BatchNorm layers (GN, FrozenBN). "train" needs at least
+    # 2 target images per step and process.
+    _C.MIC.TEACHER_BN_MODE = "auto"
     # delta: teacher boxes scoring below this are not pseudo-labels.
     _C.MIC.PSEUDO_SCORE_THRESH = 0.8
     # IoU of the class-wise NMS applied to the teacher's boxes before thresholding.

@@ -8,17 +8,26 @@ Kept as an ``nn.Module`` that owns a copy of the (unwrapped) student, so that
 * the EMA pairs student and teacher tensors by *name* on the unwrapped student, so
   a DistributedDataParallel student ("module." prefix) updates the same teacher as
   a plain one (the reference's EMA broke under DDP);
-* it always predicts in eval mode, whatever ``.train()`` the trainer calls on it.
+* it always predicts in eval mode, whatever ``.train()`` the trainer calls on it;
+  :func:`batch_norm_on_batch_statistics` lets its BatchNorm layers normalise a
+  batch with that batch's own statistics instead (``MIC.TEACHER_BN_MODE "train"``,
+  as MIC's classification and segmentation code), without touching the running
+  statistics the EMA keeps.
 """
 
+import contextlib
 import copy
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 from torch import nn
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-__all__ = ["ramped_alpha", "unwrap_model", "EMATeacher", "teacher_weights_from_checkpoint"]
+__all__ = ["ramped_alpha", "unwrap_model", "EMATeacher", "teacher_weights_from_checkpoint",
+           "batch_norm_on_batch_statistics", "TEACHER_BN_MODES"]
+
+#: ``MIC.TEACHER_BN_MODE`` values: the BatchNorm mode of the teacher's pseudo-labelling forward.
+TEACHER_BN_MODES = ("eval", "train")
 
 _PREFIX = "model."
 
@@ -135,6 +144,44 @@ class EMATeacher(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def batch_norm_on_batch_statistics(model: nn.Module) -> Iterator[int]:
+    """Inside: every BatchNorm layer of ``model`` normalises with its input batch's statistics.
+
+    The rest of the model keeps its mode (an eval-mode Detectron2 model still returns
+    predictions; dropout stays off). The layers' running statistics and batch counters
+    are left exactly as they were: the forward does not update them (and any layer
+    that updates them anyway, like Detectron2's ``NaiveSyncBatchNorm`` across
+    processes, gets them restored). Detectron2's ``FrozenBatchNorm2d`` is not a
+    BatchNorm layer here: its statistics are fixed by design. Yields how many
+    layers it switched (0: the context changes nothing).
+
+    MIC's classification and segmentation code does this for its EMA teacher
+    (lhoyer/MIC ``cls/dalib/modules/teacher.py``, ``seg/mmseg/models/uda/dacs.py``:
+    the teacher module is never put in eval mode, only its dropout is switched
+    off), so the pseudo-labels come from BatchNorm on the target batch alone.
+    Its teacher's running statistics are updated by those forwards but never read
+    (it always predicts in train mode and is never evaluated); here they stay the
+    EMA of the student's, which an evaluation of the teacher uses.
+    """
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = []
+    for m in layers:
+        buffers = {k: b.detach().clone() for k, b in m.named_buffers(recurse=False) if b is not None}
+        saved.append((m, m.training, m.track_running_stats, buffers))
+        m.training = True
+        m.track_running_stats = False  # batch statistics, no running update
+    try:
+        yield len(layers)
+    finally:
+        with torch.no_grad():
+            for m, training, track, buffers in saved:
+                m.training = training
+                m.track_running_stats = track
+                for k, b in buffers.items():
+                    getattr(m, k).copy_(b)
 
 
 def ramped_alpha(alpha: float, step: int) -> float:

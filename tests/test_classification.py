@@ -179,6 +179,70 @@ def test_task_pseudo_label_stats_and_masked_inputs():
     assert masked[0]["image"].shape == (3, 32, 32)
 
 
+def test_the_teacher_labels_with_the_target_batchs_batchnorm_statistics_as_the_reference():
+    """MIC.TEACHER_BN_MODE "auto" is "train" for classification: the pseudo-labels are the teacher's
+    predictions with BatchNorm over the target batch (the reference's teacher is never in eval mode),
+    and its running statistics (the EMA of the student's, which its evaluation uses) stay as they were."""
+    import copy
+
+    from detectron2.utils.events import EventStorage
+
+    from mic_det.engine import MICStep
+    from mic_det.teacher import EMATeacher
+
+    torch.manual_seed(0)
+    cfg = _tiny_cfg("MODEL.MOBILENET.PRETRAINED", "False")
+    assert cfg.MIC.TEACHER_BN_MODE == "auto"
+    model = build_model(cfg)
+    model.train()
+    model(_images(8, [0, 1, 2, 0, 1, 2, 0, 1]))  # running statistics of other images than the target batch's
+    teacher = EMATeacher(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    target = _images(6)
+    norms = [m for m in teacher.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms, "the classifier has BatchNorm layers"
+    before = {k: v.clone() for k, v in teacher.model.state_dict().items()}
+
+    by_hand = copy.deepcopy(teacher.model).train()  # every layer on batch statistics, as the reference's teacher
+    with torch.no_grad():
+        _, logits = by_hand.features_and_logits(by_hand.preprocess_image(target).tensor)
+        eval_probs = torch.stack([o["scores"] for o in teacher.model(target)])
+    train_probs = logits.softmax(dim=1)
+    assert not torch.allclose(train_probs, eval_probs, atol=1e-3)  # the two modes differ on this batch
+    with EventStorage(0):
+        step = MICStep(cfg, model, [], [], optimizer, teacher)
+        assert step.teacher_bn_mode == "train"
+        pseudo = step.pseudo_label(target)
+        assert [p["prob"] for p in pseudo] == pytest.approx(train_probs.max(dim=1).values.tolist(), abs=1e-5)
+        assert [p["label"] for p in pseudo] == train_probs.argmax(dim=1).tolist()
+        for k, v in teacher.model.state_dict().items():
+            assert torch.equal(v, before[k]), f"{k} changed"
+        assert not any(m.training for m in teacher.model.modules())
+
+        eval_cfg = _tiny_cfg("MODEL.MOBILENET.PRETRAINED", "False", "MIC.TEACHER_BN_MODE", "eval")
+        pseudo = MICStep(eval_cfg, model, [], [], optimizer, teacher).pseudo_label(target)
+        assert [p["prob"] for p in pseudo] == pytest.approx(eval_probs.max(dim=1).values.tolist(), abs=1e-5)
+
+
+def test_teacher_bn_mode_per_task_and_its_checks():
+    from mic_det.detection.task import DetectionTask
+    from mic_det.engine.mic_step import resolve_teacher_bn_mode
+    from mic_det.segmentation import SegmentationTask
+
+    cfg = _tiny_cfg()
+    assert resolve_teacher_bn_mode(cfg, ClassificationTask(cfg)) == "train"
+    assert ClassificationTask.teacher_bn_mode == SegmentationTask.teacher_bn_mode == "train"
+    assert DetectionTask.teacher_bn_mode == "eval"  # the reference's detection teacher runs in eval mode
+    assert resolve_teacher_bn_mode(_tiny_cfg("MIC.TEACHER_BN_MODE", "eval"), ClassificationTask(cfg)) == "eval"
+    with pytest.raises(ValueError, match="TEACHER_BN_MODE must be"):
+        resolve_teacher_bn_mode(_tiny_cfg("MIC.TEACHER_BN_MODE", "batch"), ClassificationTask(cfg))
+    one = _tiny_cfg("SOLVER.IMS_PER_BATCH", "1")
+    with pytest.raises(ValueError, match="at least 2"):
+        resolve_teacher_bn_mode(one, ClassificationTask(one))
+    assert resolve_teacher_bn_mode(_tiny_cfg("SOLVER.IMS_PER_BATCH", "1", "MIC.TEACHER_BN_MODE", "eval"),
+                                   ClassificationTask(one)) == "eval"
+
+
 def test_the_task_benchmark_report_pairs_seeds_and_checks_the_targets():
     import importlib.util
     import sys

@@ -9,7 +9,7 @@ from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint, unwrap_model
+from mic_det.teacher import EMATeacher, batch_norm_on_batch_statistics, teacher_weights_from_checkpoint, unwrap_model
 
 
 def _tiny(seed: int = 0) -> nn.Module:
@@ -192,6 +192,49 @@ def test_teacher_stays_in_eval_mode_and_predicts_like_the_student():
     with torch.no_grad():
         expected = student.eval()(x)
     torch.testing.assert_close(teacher(x), expected)
+
+
+def test_batch_statistics_mode_normalises_with_the_batch_and_leaves_running_stats_and_modes_as_they_were():
+    """MIC.TEACHER_BN_MODE "train": BatchNorm on the batch's own statistics, nothing of the teacher changed."""
+    from detectron2.layers import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), FrozenBatchNorm2d(4), nn.Dropout(0.5),
+                            nn.Flatten(), nn.Linear(4 * 2 * 2, 3), nn.BatchNorm1d(3, momentum=None))
+    _ = student(torch.randn(6, 3, 2, 2))  # running statistics that differ from the test batch's
+    teacher = EMATeacher(student)
+    before = _state(teacher.model)
+    x = torch.randn(5, 3, 2, 2) * 3 + 2
+    with torch.no_grad():
+        eval_out = teacher(x)
+        with batch_norm_on_batch_statistics(teacher.model) as switched:
+            out = teacher(x)
+            again = teacher(x)  # no running update in between: the same output
+        after_out = teacher(x)
+    assert switched == 2  # BatchNorm2d and BatchNorm1d; FrozenBatchNorm2d keeps its fixed statistics
+    # By hand: each BatchNorm normalised over this batch (biased variance), dropout still off.
+    conv, bn2, frozen, _, flat, lin, bn1 = teacher.model
+    h = conv(x)
+    h = (h - h.mean((0, 2, 3), keepdim=True)) / torch.sqrt(h.var((0, 2, 3), unbiased=False, keepdim=True) + bn2.eps)
+    h = lin(flat(frozen(h * bn2.weight.view(1, -1, 1, 1) + bn2.bias.view(1, -1, 1, 1))))
+    expected = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn1.eps) * bn1.weight + bn1.bias
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(again, out)
+    assert not torch.allclose(out, eval_out, atol=1e-3)  # the test has teeth: running statistics differ
+    _assert_states_equal(_state(teacher.model), before)  # running means, variances and counters untouched
+    torch.testing.assert_close(after_out, eval_out)
+    assert not any(m.training for m in teacher.modules())
+    assert all(m.track_running_stats for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def test_batch_statistics_mode_restores_the_teacher_when_the_forward_raises():
+    teacher = EMATeacher(_tiny())
+    before = _state(teacher.model)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        with torch.no_grad(), batch_norm_on_batch_statistics(teacher.model):
+            teacher(torch.randn(1, 3))  # one image: a batch statistic of BatchNorm1d is undefined
+    _assert_states_equal(_state(teacher.model), before)
+    assert not teacher.model[1].training and teacher.model[1].track_running_stats
 
 
 def test_teacher_params_need_no_grad():

@@ -45,6 +45,9 @@ class ClassificationTask(MICTask):
 
     loss_names = ("loss_cls",)
     pseudo_count_stat = "pseudo_per_image"
+    # MIC.TEACHER_BN_MODE "auto": BatchNorm on the target batch's statistics, as the
+    # reference's classification teacher (never put in eval mode).
+    teacher_bn_mode = "train"
     num_classes_keys = ("MODEL.CLASSIFIER.NUM_CLASSES",)  # 0 there = from the training set (data/checks.py)
 
     def __init__(self, cfg: CfgNode):

@@ -3,10 +3,13 @@
 ::
 
     source batch --> student --> supervised losses (+ domain losses with the target batch)
-    target batch --> teacher (eval, no_grad) --> task.pseudo_label --> pseudo-targets + quality
+    target batch --> teacher (eval*, no_grad) --> task.pseudo_label --> pseudo-targets + quality
                 \\--> task.preprocess --> augment --> block mask --> task.masked_inputs
                      --> student(masked view, pseudo-targets) --> *_mic losses
     sum --> backward --> optimizer step --> EMA update of the teacher
+
+(*) with ``MIC.TEACHER_BN_MODE`` "train" the teacher's BatchNorm layers use the
+target batch's statistics (:func:`~mic_det.teacher.batch_norm_on_batch_statistics`).
 
 With ``SOLVER.SAM.ENABLED`` (SDAT's sharpness-aware step, :mod:`.sam`) a first
 pass comes before all this: the source batch's supervised losses, backward,
@@ -31,13 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 from ..augment import MaskAugmentation
 from ..data.build import target_batch_size
 from ..masking import BlockMaskGenerator, apply_block_mask, mask_ratio_drawn
-from ..teacher import EMATeacher, ramped_alpha, unwrap_model
+from ..teacher import TEACHER_BN_MODES, EMATeacher, batch_norm_on_batch_statistics, ramped_alpha, unwrap_model
 from ..utils import set_torch_rng_states
 from .optimizer_state import optimizer_param_names, remap_optimizer_state
 from .sam import SAMPerturbation, all_reduce_gradients, sam_perturb, sam_restore
 from .task import MICTask, build_task
 
-__all__ = ["MICStep"]
+__all__ = ["MICStep", "resolve_teacher_bn_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,11 @@ class MICStep(SimpleTrainer):
         self.mask_source = mic.MASK_SOURCE
         self.log_quality = mic.LOG_PSEUDO_LABEL_QUALITY
         self.mask_generator = BlockMaskGenerator(mic.MASK_BLOCK_SIZE, mic.MASK_RATIO)
+        self.teacher_bn_mode = resolve_teacher_bn_mode(cfg, self.task)
+        if self.mic_enabled:
+            logger.info("MIC teacher: pseudo-labels with BatchNorm on %s (MIC.TEACHER_BN_MODE %s).",
+                        "the target batch's statistics" if self.teacher_bn_mode == "train" else "running statistics",
+                        cfg.MIC.TEACHER_BN_MODE)
         student = unwrap_model(model)
         self.pixel_mean = student.pixel_mean
         self.pixel_std = student.pixel_std
@@ -316,8 +324,14 @@ class MICStep(SimpleTrainer):
 
     # -------------------------------------------------------------------- MIC
     def pseudo_label(self, target: List[Dict]) -> List[Any]:
-        """The teacher's pseudo-targets for the unmasked target batch (see :meth:`MICTask.pseudo_label`)."""
-        with torch.no_grad():
+        """The teacher's pseudo-targets for the unmasked target batch (see :meth:`MICTask.pseudo_label`).
+
+        The teacher is in eval mode; with ``MIC.TEACHER_BN_MODE`` "train" its BatchNorm
+        layers normalise with the target batch's own statistics (running ones untouched).
+        """
+        norm = batch_norm_on_batch_statistics(self.teacher.model) if self.teacher_bn_mode == "train" \
+            else contextlib.nullcontext()
+        with torch.no_grad(), norm:
             return self.task.pseudo_label(self.teacher.model, target)
 
     def _mic_losses(self, target: List[Dict], source: Optional[List[Dict]] = None) -> Dict[str, torch.Tensor]:
@@ -407,6 +421,27 @@ class MICStep(SimpleTrainer):
             f"The masked input (loss suffix {suffix}) has non-finite pixels at iteration {self.iter}, "
             f"on the images {_describe_inputs(bad)} (of {_describe_inputs(inputs)}): {cause}."
         )
+
+
+def resolve_teacher_bn_mode(cfg: CfgNode, task: MICTask) -> str:
+    """``MIC.TEACHER_BN_MODE``, with "auto" resolved to the task's :attr:`MICTask.teacher_bn_mode`.
+
+    "train" normalises the teacher's BatchNorm over the target images of one step and
+    process, so it needs at least two of them (a BatchNorm1d on one image is undefined).
+    """
+    mode = cfg.MIC.TEACHER_BN_MODE
+    if mode == "auto":
+        mode = task.teacher_bn_mode
+    if mode not in TEACHER_BN_MODES:
+        raise ValueError(f"MIC.TEACHER_BN_MODE must be 'auto' or one of {TEACHER_BN_MODES}, got {mode!r}")
+    if mode == "train" and cfg.MIC.ENABLED:
+        per_process = target_batch_size(cfg) // max(comm.get_world_size(), 1)
+        if per_process < 2:
+            raise ValueError(
+                f"MIC.TEACHER_BN_MODE 'train' normalises the teacher's BatchNorm over the target batch, which "
+                f"has {per_process} image per process here (DATALOADER.TARGET_IMS_PER_BATCH / SOLVER.IMS_PER_BATCH): "
+                "give it at least 2, or set MIC.TEACHER_BN_MODE 'eval'.")
+    return mode
 
 
 def _describe_inputs(inputs: List[Dict]) -> str:

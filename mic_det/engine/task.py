@@ -42,7 +42,7 @@ class MICTask:
 
     The engine calls, per step: :meth:`log_source_signals` after the source
     forward; :meth:`pseudo_label` on the target batch (teacher in eval mode,
-    under ``no_grad``); :meth:`pseudo_label_stats`, :meth:`has_pseudo_label`
+    under ``no_grad``, its BatchNorm as ``MIC.TEACHER_BN_MODE`` / :attr:`teacher_bn_mode` say); :meth:`pseudo_label_stats`, :meth:`has_pseudo_label`
     and :meth:`pseudo_label_quality` on its result; then, for the images that
     have pseudo-labels, :meth:`preprocess` and :meth:`masked_inputs` to build
     the student's masked forward, whose loss dict it suffixes with ``_mic``.
@@ -54,6 +54,9 @@ class MICTask:
     #: The key of :meth:`pseudo_label_stats` the collapse guard compares with the
     #: labelled objects per source image (``guard/pseudo_per_image``).
     pseudo_count_stat: str = ""
+    #: The teacher's BatchNorm mode for pseudo-labels when ``MIC.TEACHER_BN_MODE`` is "auto":
+    #: "eval" (running statistics) or "train" (the target batch's statistics).
+    teacher_bn_mode: str = "eval"
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg

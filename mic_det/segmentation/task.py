@@ -47,6 +47,10 @@ class SegmentationTask(MICTask):
 
     loss_names = ("loss_sem_seg",)
     pseudo_count_stat = "confident_classes_per_image"
+    # MIC.TEACHER_BN_MODE "auto": BatchNorm on the target batch's statistics, as the
+    # reference's DACS teacher (never put in eval mode). No effect on the CPU configs
+    # (FrozenBN backbone, GroupNorm head).
+    teacher_bn_mode = "train"
     #: What the start-up class check (mic_det/data/checks.py) compares across domains and with the model.
     classes_metadata_key = "stuff_classes"
     num_classes_keys = ("MODEL.SEM_SEG_HEAD.NUM_CLASSES",)
