@@ -79,7 +79,8 @@ def test_unreadable_image_is_an_error_naming_the_file(tmp_path):
         ClassificationMapper(cfg, is_train=True)({"file_name": str(bad), "label": 0})
     good = _write_tree(tmp_path / "t", n=1, classes={"red": COLOURS["red"]}) / "red" / "red_0.png"
     out = ClassificationMapper(cfg, is_train=False, labelled=False)({"file_name": str(good), "label": 1})
-    assert out["image"].shape == (3, 32, 32) and "label" not in out and out["label_for_scoring"] == 1
+    size = cfg.INPUT.CLS.SIZE
+    assert out["image"].shape == (3, size, size) and "label" not in out and out["label_for_scoring"] == 1
 
 
 def test_source_and_target_val_class_lists_are_checked(tmp_path):
@@ -123,10 +124,35 @@ def test_builtin_crops_are_generated_on_first_use(tmp_path, caplog):
         records = DatasetCatalog.get("cls_t_crops_foggy_train")
     assert "generating it now" in caplog.text and str(tmp_path) in caplog.text
     info = json.load(open(tmp_path / "info.json"))
-    assert info["crops"]["foggy_train"] == len(records) > 0 and len(names) == 4
+    assert info["crops"]["foggy_train"] == len(records) > 0 and len(names) == 6  # clear, foggy, night
     assert MetadataCatalog.get("cls_t_crops_clear_val").thing_classes == info["classes"]
     assert len(info["classes"]) >= 6
     assert cv2.imread(records[0]["file_name"]).shape == (24, 24, 3)
+
+
+def test_builtin_night_crops_are_the_foggy_crops_objects_at_night(tmp_path, caplog):
+    params = dict(scenes={"clear_train": 2, "clear_val": 2, "foggy_train": 3, "foggy_val": 2}, height=96, width=128,
+                  min_box=10, crop=24)
+    names = register_synthetic_crops(str(tmp_path), prefix="cls_t_night", params=params)
+    assert names[4:] == ["cls_t_night_night_train", "cls_t_night_night_val"]
+    foggy = DatasetCatalog.get("cls_t_night_foggy_train")
+    assert not (tmp_path / "night_info.json").exists()  # drawn only when a night set is first loaded
+    with caplog.at_level(logging.INFO, logger="mic_det"):
+        night = DatasetCatalog.get("cls_t_night_night_train")
+    assert "night splits" in caplog.text
+    assert MetadataCatalog.get("cls_t_night_night_val").domain == "night"
+    assert MetadataCatalog.get("cls_t_night_night_val").thing_classes == MetadataCatalog.get(names[0]).thing_classes
+    # The same objects (file names = scene and object index) with the same labels, at night instead of in fog.
+    rel = lambda records, split: sorted((os.path.relpath(r["file_name"], tmp_path / split), r["label"])  # noqa: E731
+                                        for r in records)
+    assert rel(night, "night_train") == rel(foggy, "foggy_train") and len(night) > 0
+    info = json.load(open(tmp_path / "night_info.json"))
+    assert info["crops"]["night_train"] == len(night) and info["scenes_of"]["night_val"] == "foggy_val"
+    assert len(DatasetCatalog.get("cls_t_night_night_val")) == info["crops"]["night_val"]
+    dark = np.mean([cv2.imread(r["file_name"]).mean() for r in night])
+    fog = np.mean([cv2.imread(r["file_name"]).mean() for r in foggy])
+    assert dark < 0.8 * fog
+    assert json.load(open(tmp_path / "info.json"))["crops"]["foggy_train"] == len(foggy)  # the pair is unchanged
 
 
 def test_an_image_folder_pair_trains_with_flags_alone(tmp_path):

@@ -3,6 +3,7 @@
 Training on domains given by flags alone is tested end to end in tests/test_segmentation.py.
 """
 import argparse
+import json
 import logging
 import os
 
@@ -70,6 +71,34 @@ def test_the_builtin_pair_is_generated_on_first_use_with_a_log_line(tmp_path, ca
     assert "generating it now" in caplog.text and len(records) == 2
     assert (root / "info.json").is_file() and (root / "target_val" / "labels" / "000000.png").is_file()
     assert MetadataCatalog.get(names[2]).stuff_classes == list(SEMANTIC_CLASSES)
+
+
+def test_the_night_splits_are_the_foggy_scenes_at_night_drawn_next_to_the_pair_on_first_use(tmp_path, caplog):
+    root = tmp_path / "pair"
+    names = register_synthetic_seg_pair(str(root), prefix="t_seg_n", params=dict(
+        num_source_train=1, num_source_val=1, num_target_train=2, num_target_val=1, height=32, width=40))
+    assert names[4:] == ["t_seg_n_night_train", "t_seg_n_night_val"]
+    DatasetCatalog.get("t_seg_n_foggy_train")
+    assert not (root / "night_info.json").exists()  # drawn only when a night set is first loaded
+    with caplog.at_level(logging.INFO, logger="mic_det"):
+        night = DatasetCatalog.get("t_seg_n_night_train")
+    assert "night splits" in caplog.text and "generating it now" in caplog.text
+    assert len(night) == 2 and len(DatasetCatalog.get("t_seg_n_night_val")) == 1
+    assert MetadataCatalog.get("t_seg_n_night_val").domain == "night"
+    assert MetadataCatalog.get("t_seg_n_night_val").stuff_classes == list(SEMANTIC_CLASSES)
+    info = json.loads((root / "night_info.json").read_text())
+    assert info["splits"] == {"night_train": 2, "night_val": 1} and info["scenes"]["night_val"] == "target_val"
+    for i in range(2):  # the foggy scene's label map; its image dimmer than the clear-sky foggy one
+        foggy = cv2.imread(str(root / "target_train" / "images" / f"{i:06d}.png"))
+        dark = cv2.imread(str(root / "night_train" / "images" / f"{i:06d}.png"))
+        assert np.array_equal(cv2.imread(str(root / "night_train" / "labels" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED),
+                              cv2.imread(str(root / "target_train" / "labels" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED))
+        assert dark.shape == foggy.shape and dark.mean() < 0.8 * foggy.mean()
+    # Drawn once: a second registration of the same root reads them as they are.
+    stamp = (root / "night_info.json").stat().st_mtime_ns
+    register_synthetic_seg_pair(str(root), prefix="t_seg_n2")
+    assert len(DatasetCatalog.get("t_seg_n2_night_train")) == 2
+    assert (root / "night_info.json").stat().st_mtime_ns == stamp
 
 
 # ---------------------------------------------------------------- data errors

@@ -4,7 +4,7 @@ Importing this package registers with Detectron2 the ``MICClassifier``
 meta-architecture, the ``ClassificationTask`` with
 :data:`mic_det.engine.MIC_TASK_REGISTRY`, the real benchmarks (VisDA-2017,
 Office-Home, Office-31; read when first loaded) and the built-in crops
-``synthetic_cls_{clear,foggy}_{train,val}`` (generated on first load).
+``synthetic_cls_{clear,foggy,night}_{train,val}`` (generated on first load).
 """
 from .alignment import CDANDiscriminator, cdan_input, cdan_loss, mcc_loss, warm_grl_coefficient
 from .datasets import register_all_classification_benchmarks, register_class_folder, register_image_list

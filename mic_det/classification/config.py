@@ -65,7 +65,7 @@ def add_classification_config(cfg: CN) -> CN:
     _C.MIC.CLS_PSEUDO_WEIGHT = "prob"
 
     # ------------------------------------------------------- built-in crops
-    # Root of the built-in classification pair (object crops of the built-in scenes,
-    # clear -> foggy); "" = $DETECTRON2_DATASETS/mic_synthetic_cls.
+    # Root of the built-in classification pairs (object crops of the built-in scenes,
+    # clear -> foggy and -> night); "" = $DETECTRON2_DATASETS/mic_synthetic_cls.
     _C.DATASETS.SYNTHETIC_CLS_ROOT = ""
     return cfg

@@ -4,7 +4,7 @@ Importing registers the task (``MODEL.TASK "SegmentationTask"``), the
 meta-architecture (``MICSemanticSegmentor``), the head
 (``MICDeepLabV3PlusHead``), the real benchmarks (``cityscapes_seg_*``,
 ``gta5_seg_train``, ``synthia_seg_train``, ``acdc_seg_*``, ``dark_zurich_seg_*``)
-and the built-in pair with per-pixel labels (``synthetic_seg_{clear,foggy}_{train,val}``,
+and the built-in pairs with per-pixel labels (``synthetic_seg_{clear,foggy,night}_{train,val}``,
 drawn on first use). See docs/segmentation.md.
 
 =================  =============================================================

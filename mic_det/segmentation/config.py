@@ -42,7 +42,8 @@ def add_segmentation_config(cfg: CN) -> CN:
     _C.SEG.MIN_CLASS_SHARE = 0.005
     # Target images shown in the evaluation figure (input, prediction, label).
     _C.SEG.FIGURE_IMAGES = 4
-    # Root of the built-in pair with per-pixel labels ("" = $DETECTRON2_DATASETS/mic_synthetic_seg).
+    # Root of the built-in pairs with per-pixel labels, clear -> foggy and -> night
+    # ("" = $DETECTRON2_DATASETS/mic_synthetic_seg).
     _C.SEG.SYNTHETIC_ROOT = ""
     # DAFormer's rare-class sampling (RCS) of the *source* stream (mic_det/segmentation/rcs.py):
     # draw a class c with P(c) = softmax((1 - f_c) / T) over the source classes' pixel
