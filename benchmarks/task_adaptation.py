@@ -28,7 +28,12 @@ adaptation phase; they are comparable only between runs that shared the
 machine alike (``--jobs 2`` runs two at once, one thread each).
 
     python benchmarks/task_adaptation.py --task cls --jobs 2
+    python benchmarks/task_adaptation.py --task cls --shift night --jobs 2
     python benchmarks/task_adaptation.py --task seg --seeds 0 --methods control,mic --source-iters 200 --adapt-iters 50
+
+``--shift`` picks the built-in target: ``fog`` (``configs/synthetic_<task>/``) or
+``night`` (``configs/synthetic_<task>_night/``, the same scenes at night). Both share
+the clear source, so one cached source model per seed serves both shifts.
 
 Finished runs are skipped and interrupted ones resume, so re-running continues.
 """
@@ -39,7 +44,7 @@ import os
 import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +69,9 @@ class TaskBench:
     speed_target: float
     source_iters: int
     adapt_iters: int
+    shift: str = "fog"
+    # The control's config folder the source model is trained with (the clear source, shared by the shifts).
+    source_config_dir: str = ""
 
 
 TASKS: Dict[str, TaskBench] = {
@@ -96,6 +104,22 @@ TASKS: Dict[str, TaskBench] = {
 }
 
 
+#: The built-in shifts: what the fog benchmark's names become for each.
+SHIFTS = ("fog", "night")
+
+
+def task_bench(task: str, shift: str = "fog") -> TaskBench:
+    """The benchmark of ``task`` on the built-in ``shift``: the fog one with the night folder and sets for "night"."""
+    if shift not in SHIFTS:
+        raise ValueError(f"unknown shift {shift!r}; known: {SHIFTS}")
+    bench = replace(TASKS[task], source_config_dir=TASKS[task].config_dir)
+    if shift == "fog":
+        return bench
+    return replace(bench, shift=shift, title=bench.title.replace("-> foggy", f"-> {shift}"),
+                   config_dir=f"{bench.config_dir}_{shift}",
+                   target_val=bench.target_val.replace("_foggy_", f"_{shift}_"))
+
+
 def _config_chain_text(path: str) -> str:
     """The text of a config and of every ``_BASE_`` it inherits (what a cached source model depends on)."""
     text = ""
@@ -112,12 +136,13 @@ def _config_chain_text(path: str) -> str:
 def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], cache_dir: str,
                  threads: Optional[int]) -> str:
     """Train (or find) the seed's source model; returns its folder."""
-    config = os.path.join(REPO, task.config_dir, task.methods["control"][1])
+    config = os.path.join(REPO, task.source_config_dir or task.config_dir, task.methods["control"][1])
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.75 * iters)},)",
             "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
     opts += source_overrides(overrides)
     key = hashlib.sha1(json.dumps([_config_chain_text(config), opts]).encode()).hexdigest()[:12]
-    out = os.path.join(cache_dir, f"{os.path.basename(task.config_dir)}_source_seed{seed}_{iters}_{key}")
+    folder = os.path.basename(task.source_config_dir or task.config_dir)
+    out = os.path.join(cache_dir, f"{folder}_source_seed{seed}_{iters}_{key}")
     if os.path.isfile(os.path.join(out, "model_final.pth")):
         print(f"[seed {seed}] source model: cached at {out}", flush=True)
         return out
@@ -214,16 +239,19 @@ def report(task: TaskBench, runs: Dict[str, Dict[int, Dict]], methods: List[str]
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
+    parser.add_argument("--shift", choices=SHIFTS, default="fog", help="the built-in domain shift")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=None, help="default: every method of the task")
     parser.add_argument("--source-iters", type=int, default=None, help="steps of the shared source model")
     parser.add_argument("--adapt-iters", type=int, default=None, help="steps every method runs from it")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
     parser.add_argument("--cache-dir", default=os.path.join(REPO, "output", "bench_cache"))
-    parser.add_argument("--out-dir", default=None, help="runs (default output/bench_<task>)")
-    parser.add_argument("--output", default=None, help="JSON report (default benchmarks/results/<task>.json)")
+    parser.add_argument("--out-dir", default=None,
+                        help="runs (default output/bench_<task>, _night for --shift night)")
+    parser.add_argument("--output", default=None,
+                        help="JSON report (default benchmarks/results/<task>.json; <task>_night.json for night)")
     args, overrides = parser.parse_known_args(argv)
-    task = TASKS[args.task]
+    task = task_bench(args.task, args.shift)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m for m in (args.methods or ",".join(task.methods)).split(",") if m]
     unknown = sorted(set(methods) - set(task.methods))
@@ -235,10 +263,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         parser.error(f"trailing config overrides must be KEY VALUE pairs, got {overrides}")
     source_iters = args.source_iters or task.source_iters
     adapt_iters = args.adapt_iters or task.adapt_iters
-    out_dir = os.path.abspath(args.out_dir or os.path.join(REPO, "output", f"bench_{args.task}"))
-    output = os.path.abspath(args.output or os.path.join(REPO, "benchmarks", "results", f"{args.task}.json"))
+    suffix = "" if args.shift == "fog" else f"_{args.shift}"
+    out_dir = os.path.abspath(args.out_dir or os.path.join(REPO, "output", f"bench_{args.task}{suffix}"))
+    output = os.path.abspath(args.output or os.path.join(REPO, "benchmarks", "results", f"{args.task}{suffix}.json"))
     threads = 1 if args.jobs > 1 else None
-    print(f"Task benchmark {args.task}: source model {source_iters} steps, then {adapt_iters} per method; "
+    print(f"Task benchmark {args.task}, shift {args.shift}: source model {source_iters} steps, "
+          f"then {adapt_iters} per method; "
           f"seeds {seeds}; methods {methods}", flush=True)
 
     with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
@@ -252,8 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     for (m, s), out in zip(jobs, outs):
         runs[m][s] = read_run(task, out, source_iters, total)
     lines, data = report(task, runs, methods, seeds)
-    result = {"task": args.task, "source_iters": source_iters, "adapt_iters": adapt_iters, "seeds": seeds,
-              "overrides": overrides, "machine": machine_info(), "runs": runs, **data}
+    result = {"task": args.task, "shift": args.shift, "source_iters": source_iters, "adapt_iters": adapt_iters,
+              "seeds": seeds, "overrides": overrides, "machine": machine_info(), "runs": runs, **data}
     os.makedirs(os.path.dirname(output), exist_ok=True)
     with open(output, "w") as f:
         json.dump(to_json(result), f, indent=1)

@@ -267,3 +267,33 @@ def test_the_task_benchmark_report_pairs_seeds_and_checks_the_targets():
     assert met["a MIC step <= 1.6x a cdan_mcc step"] is False  # 1.7 s vs 1.0 s
     assert data["summary"]["mic/student"]["gain_over_control"]["values"] == [30.0, 31.0, 32.0]
     assert any("MIC on CDAN+MCC" in line for line in lines)
+
+
+def test_the_task_benchmark_runs_the_night_shift_from_the_fog_benchmarks_source_model(tmp_path, monkeypatch):
+    """--shift night: the night configs and val set, the clear source model of the fog benchmark (one cache)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, f"{REPO}/benchmarks")
+    spec = importlib.util.spec_from_file_location("task_adaptation", f"{REPO}/benchmarks/task_adaptation.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, target in (("cls", "synthetic_cls_night_val"), ("seg", "synthetic_seg_night_val")):
+        fog, night = bench.task_bench(name, "fog"), bench.task_bench(name, "night")
+        assert night.target_val == target and night.source_val == fog.source_val and night.shift == "night"
+        assert night.config_dir == f"configs/synthetic_{name}_night" and "clear -> night" in night.title
+        assert night.source_config_dir == fog.source_config_dir == fog.config_dir
+        for label, config in night.methods.values():  # every method has its night config, on the night target
+            cfg = build_config(f"{REPO}/{night.config_dir}/{config}", [])
+            assert target in cfg.DATASETS.TEST
+            if cfg.DATASETS.TRAIN_TARGET:
+                assert cfg.DATASETS.TRAIN_TARGET == (target.replace("_val", "_train"),)
+    with pytest.raises(ValueError, match="unknown shift"):
+        bench.task_bench("cls", "rain")
+
+    commands = []
+    monkeypatch.setattr(bench, "execute", lambda cmd, log, threads: commands.append(cmd) or 0.0)
+    for shift in ("fog", "night"):
+        bench.source_model(bench.task_bench("cls", shift), 0, 10, [], str(tmp_path), None)
+    assert commands[0] == commands[1]  # the same config and output folder: one source model for both shifts
+    assert f"{REPO}/configs/synthetic_cls/source_only.yaml" in commands[0]

@@ -60,8 +60,9 @@ def test_configs_found():
         assert f"configs/synthetic/{method}.yaml" in names
     for method in ("source_only", "cdan_mcc", "mic", "mic_sdat", "oracle"):
         assert f"configs/synthetic_cls/{method}.yaml" in names
-    for pair in ("synthetic_seg", "gta_to_cityscapes", "synthia_to_cityscapes", "cityscapes_to_acdc",
-                 "cityscapes_to_dark_zurich"):
+        assert f"configs/synthetic_cls_night/{method}.yaml" in names
+    for pair in ("synthetic_seg", "synthetic_seg_night", "gta_to_cityscapes", "synthia_to_cityscapes",
+                 "cityscapes_to_acdc", "cityscapes_to_dark_zurich"):
         for method in ("source_only", "self_training", "mic", "oracle"):
             assert f"configs/{pair}/{method}.yaml" in names
 
@@ -147,3 +148,37 @@ def test_auto_scaling_moves_where_adaptation_starts_and_the_target_batch():
     assert (scaled.SOLVER.MAX_ITER, scaled.MIC.BURN_IN_ITERS, scaled.UDA.START_ITER) == (2000, 1000, 500)
     assert (scaled.SOLVER.IMS_PER_BATCH, scaled.DATALOADER.TARGET_IMS_PER_BATCH) == (4, 8)
     assert MICTrainer.auto_scale_workers(cfg, 1) is cfg  # the reference world size: untouched
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_the_built_in_seg_and_cls_configs_start_pretrained_and_switch_to_resnet18_by_one_line(task, tmp_path):
+    """Base-*-CPU.yaml's _BASE_ line picks the backbone: MobileNetV2 with ImageNet weights (default) or ResNet-18."""
+    folder = os.path.join(REPO, "configs", f"synthetic_{task}")
+    base = os.path.join(folder, "Base-SEG-CPU.yaml" if task == "seg" else "Base-CLS-CPU.yaml")
+    cfg = _load(os.path.join(folder, "mic.yaml"))
+    assert cfg.MODEL.BACKBONE.NAME == "build_mobilenet_v2_backbone" and cfg.MODEL.MOBILENET.PRETRAINED
+    assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == [123.675, 116.28, 103.53]
+    assert list(cfg.MODEL.PIXEL_STD) == [58.395, 57.12, 57.375]
+    assert cfg.MODEL.MOBILENET.NORM == ("FrozenBN" if task == "seg" else "BN")
+    if task == "cls":
+        assert cfg.INPUT.CLS.SIZE == 64 and cfg.MIC.MASK_BLOCK_SIZE == 16 and cfg.MIC.BURN_IN_ITERS == 0
+        assert _load(os.path.join(REPO, "configs", "image_folder_cls", "mic_cpu.yaml")).MODEL.MOBILENET.PRETRAINED
+    else:
+        assert cfg.MODEL.MOBILENET.OUT_FEATURES == ["res2", "res5"] == list(cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES)
+    # The one-line switch: a copy of the folder whose Base-*-CPU.yaml names the -R18 file.
+    copy = tmp_path / task
+    copy.mkdir()
+    for name in os.listdir(folder):
+        text = open(os.path.join(folder, name)).read()
+        if os.path.join(folder, name) == base:
+            lines = [line for line in text.splitlines() if line.startswith("_BASE_:")]
+            assert len(lines) == 1 and "-MNV2.yaml" in lines[0]
+            text = text.replace(lines[0], lines[0].replace("-MNV2.yaml", "-R18.yaml"))
+        (copy / name).write_text(text)
+    r18 = _load(str(copy / "mic.yaml"))
+    assert r18.MODEL.BACKBONE.NAME == "build_resnet_backbone" and r18.MODEL.RESNETS.DEPTH == 18
+    assert r18.INPUT.FORMAT == "BGR" and r18.MIC.ENABLED and r18.MIC.BURN_IN_ITERS > 0
+    if task == "cls":
+        assert r18.INPUT.CLS.SIZE == 32 and r18.MIC.MASK_BLOCK_SIZE == 8 and r18.MODEL.RESNETS.NORM == "BN"
+    else:
+        assert r18.MODEL.RESNETS.NORM == "GN" and r18.SOLVER.MAX_ITER == 3000
