@@ -90,12 +90,8 @@ METHODS: Dict[str, Method] = {
 }
 LABELS = {k: m.label for k, m in METHODS.items()}
 FULL = dict(seeds="0,1,2", methods="control,mic,mic_sada,sada,oracle")
-# `make demo` and `--quick`: one seed at a 160-px input. 256 px cannot fit their 15 and 20 minutes on
-# 2 cores (1000 + 500 steps are ~2000 core-seconds of compute at 256 px). The benchmark's budget with
-# this input is recorded on 3 seeds (BENCHMARKS.md, session 12): the spread a one-seed run prints
-# beside its numbers. Later overrides on the command line win over these.
-SMALL_INPUT = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "320",
-               "INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320"]
+# `make demo` and `--quick`: one seed of the full benchmark's own budget, so the 3-seed record of
+# `make bench-accuracy` is the spread a one-seed run is read against.
 QUICK = dict(seeds="0", methods="control,mic,oracle")
 DEMO = dict(seeds="0", methods="control,mic")
 
@@ -134,15 +130,12 @@ class Budget:
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Budget]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
-                   help=f"seeds {QUICK['seeds']}, methods {QUICK['methods']}, overrides {' '.join(SMALL_INPUT)}; "
+                   help=f"seeds {QUICK['seeds']}, methods {QUICK['methods']}, "
                         "runs under output/bench_adaptation_quick/, report adaptation_<shift>_quick.json")
     p.add_argument("--demo", action="store_true",
-                   help=f"what `make demo` runs: seeds {DEMO['seeds']}, methods {DEMO['methods']}, --jobs 2, "
-                        f"overrides {' '.join(SMALL_INPUT)}")
+                   help=f"what `make demo` runs: seeds {DEMO['seeds']}, methods {DEMO['methods']}, --jobs 2")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="fog", help="the built-in domain shift")
-    # Half of the configs' 2000 + 1000, the budget of every recorded row (BENCHMARKS.md). 3 seeds x
-    # 5 methods from nothing: 4.0 h of runs, 124.7 min on an idle 2-core machine with --jobs 2
-    # (measured, session 13), 5 minutes over the 2 hours issue 10 asks for.
+    # The configs' own schedule (configs/synthetic/mic.yaml: 1000 source steps, then 500 of MIC).
     p.add_argument("--source-iters", type=int, default=1000, help="steps of the shared source model")
     p.add_argument("--adapt-iters", type=int, default=500, help="steps every method runs from it")
     p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
@@ -162,8 +155,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     elif args.quick:
         args.out_dir = args.out_dir or f"output/bench_adaptation_quick/{args.shift}"
         args.output = args.output or f"benchmarks/results/adaptation_{args.shift}_quick.json"
-    if args.demo or args.quick:
-        overrides = SMALL_INPUT + overrides
     budget = Budget(
         shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
@@ -228,11 +219,22 @@ def source_model_key(config: str, opts: List[str]) -> str:
     info = dataset_info()
     data = [info.get(k) for k in ("generator", "version", "seed", "height", "width")]
     data.append((info.get("splits") or {}).get("source_train"))
-    with open(os.path.join(REPO, config)) as f:
-        text = f.read()
-    with open(os.path.join(REPO, "configs", "Base-CPU-R18-FPN.yaml")) as f:
-        text += f.read()
+    text = "".join(config_chain_texts(os.path.join(REPO, config)))
     return hashlib.sha1(json.dumps([text, opts, data]).encode()).hexdigest()[:12]
+
+
+def config_chain_texts(path: str) -> List[str]:
+    """The text of a config file and of every ``_BASE_`` it derives from, nearest first."""
+    import yaml
+
+    texts = []
+    while path:
+        with open(path) as f:
+            text = f.read()
+        texts.append(text)
+        base = (yaml.safe_load(text) or {}).get("_BASE_")
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
+    return texts
 
 
 SOURCE_CONFIG = "configs/synthetic/source_only.yaml"  # the clear source, shared by every shift

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 __all__ = ["mean_std", "paired", "summarize", "verdicts", "SIGNIFICANCE"]
 
 SIGNIFICANCE = 3.0  # a gain counts when it exceeds this many paired stds
+GAP_CLOSED = 0.6  # share of the control -> oracle gap that MIC must close
 
 
 def mean_std(values: Sequence[Optional[float]]) -> Dict:
@@ -65,9 +66,13 @@ def summarize(
                 row["gain_over_control"] = paired([n.get(key_metric) for n in numbers], base)
             summary[f"{method}/{tag}"] = row
     oracle = summary.get("oracle/student", {}).get(key_metric, {}).get("mean")
+    control_mean = summary.get(f"{control}/student", {}).get(key_metric, {}).get("mean")
     for row in summary.values():
         mean = row[key_metric]["mean"]
         row["fraction_of_oracle"] = mean / oracle if oracle and mean is not None else None
+        row["gap_closed"] = None
+        if oracle is not None and control_mean is not None and mean is not None and oracle > control_mean:
+            row["gap_closed"] = (mean - control_mean) / (oracle - control_mean)
     return summary
 
 
@@ -97,6 +102,18 @@ def verdicts(summary: Dict[str, Dict], key_metric: str, main: str = "mic", combi
         a, b = both[key_metric]["mean"], mic[key_metric]["mean"]
         out.append({"target": f"{combined} >= {main} ({key_metric})", "numbers": {"combined": a, "main": b},
                     "met": (a >= b) if a is not None and b is not None else None})
+    if mic is not None and mic.get("gap_closed") is not None:
+        out.append({"target": f"{main} closes >= {GAP_CLOSED:.0%} of the gap from the control to the oracle "
+                              f"({key_metric})",
+                    "numbers": {"gap_closed": mic["gap_closed"]}, "met": mic["gap_closed"] >= GAP_CLOSED})
+    adapted = {k: v for k, v in summary.items() if k.endswith("/student") and "gain_over_control" in v
+               and not k.startswith("oracle/")}
+    if adapted:
+        worst = {k.split("/")[0]: min((x for x in v["gain_over_control"]["values"] if x is not None), default=None)
+                 for k, v in adapted.items()}
+        defined = [x for x in worst.values() if x is not None]
+        out.append({"target": f"no adaptation method ends below its control on any seed ({key_metric})",
+                    "numbers": {"worst_paired_gain": worst}, "met": min(defined) >= 0 if defined else None})
     if mic is not None and mic.get("fraction_of_oracle") is not None:
         out.append({"target": f"{main} >= 90% of the oracle ({key_metric})",
                     "numbers": {"fraction": mic["fraction_of_oracle"]}, "met": mic["fraction_of_oracle"] >= 0.9})

@@ -46,8 +46,12 @@ def test_adaptation_gains_are_paired_against_the_matched_control():
     verdicts = {v["target"]: v["met"] for v in stats.verdicts(summary, "target_AP50")}
     assert verdicts == {
         "mic target_AP50 above the matched control by more than 3 paired std": False,  # 2.0 < 3 x 1.0
+        # control 34, MIC 36, oracle 50: 2 of the 16 points of the gap.
+        "mic closes >= 60% of the gap from the control to the oracle (target_AP50)": False,
+        "no adaptation method ends below its control on any seed (target_AP50)": True,
         "mic >= 90% of the oracle (target_AP50)": False,
     }
+    assert mic["gap_closed"] == pytest.approx(2.0 / 16.0)
     table = "\n".join(report.main_table(summary, {"mic": "MIC"}, [("target AP50", "target_AP50")]))
     assert "| MIC | 36.0 ± 4.6 | 2.0 ± 1.0 | +2.0 | +2.0, +1.0, +3.0 | 72 |" in table
 
@@ -67,11 +71,27 @@ def test_sanity_verdict_compares_the_minimal_loop_seed_by_seed(minimal, met):
     assert v["numbers"]["values"] == pytest.approx([32.0 - minimal[0], 35.0 - minimal[1], 41.0 - minimal[2]])
 
 
+def test_gap_and_no_loss_verdicts():
+    stats = _load("bench_stats")
+    runs = {
+        "control": {0: _run(30.0), 1: _run(34.0)},
+        "mic": {0: _run(45.0), 1: _run(46.0)},  # closes (45.5 - 32) / (50 - 32) = 75%
+        "sada": {0: _run(31.0), 1: _run(33.5)},  # below its control on seed 1
+        "oracle": {0: _run(50.0), 1: _run(50.0)},
+    }
+    summary = stats.summarize(runs, list(runs), [0, 1], ("target_AP50",), "target_AP50")
+    verdicts = {v["target"]: v for v in stats.verdicts(summary, "target_AP50")}
+    gap = verdicts["mic closes >= 60% of the gap from the control to the oracle (target_AP50)"]
+    assert gap["met"] and gap["numbers"]["gap_closed"] == pytest.approx(0.75)
+    loss = verdicts["no adaptation method ends below its control on any seed (target_AP50)"]
+    assert loss["met"] is False and loss["numbers"]["worst_paired_gain"] == pytest.approx({"mic": 12.0, "sada": -0.5})
+
+
 def test_one_seed_gives_no_verdict_on_spread():
     stats = _load("bench_stats")
     runs = {"control": {0: _run(30.0)}, "mic": {0: _run(40.0)}}
     summary = stats.summarize(runs, ["control", "mic"], [0], ("target_AP50",), "target_AP50")
-    (v,) = stats.verdicts(summary, "target_AP50")
+    v = stats.verdicts(summary, "target_AP50")[0]
     assert v["met"] is None and v["numbers"]["mean"] == pytest.approx(10.0)
 
 
@@ -79,8 +99,8 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
     adaptation = _load("adaptation")
     args, budget = adaptation.parse_args(["--quick", "--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
     assert budget.methods == ["control", "mic", "oracle"] and budget.lr_step == 150 and budget.total == 250
-    # --quick runs at the small input, in folders and a report of its own: never the full run's.
-    assert budget.overrides == adaptation.SMALL_INPUT
+    # --quick runs the full benchmark's budget, in folders and a report of its own: never the full run's.
+    assert budget.overrides == []
     assert args.out_dir.endswith("bench_adaptation_quick/night") and args.output.endswith("adaptation_night_quick.json")
     cmd = adaptation.adapt_command("mic", 0, str(tmp_path), budget, "src")
     opts = dict(zip(cmd[5::2], cmd[6::2]))
@@ -138,28 +158,27 @@ def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="
 
 
 def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_budget(tmp_path):
-    """`make demo` quotes the recorded report of its own budget (steps and overrides, the demo's 160 px
-    included); with DEMO_ARGS that match no record it must not call another budget 'the same'."""
+    """`make demo` is seed 0 of the full benchmark's budget and quotes the record of that budget; with
+    DEMO_ARGS that match no record it must not call another budget 'the same'."""
     adaptation = _load("adaptation")
     _, budget = adaptation.parse_args(["--demo"])
-    assert budget.overrides == adaptation.SMALL_INPUT and budget.seeds == [0]
+    assert budget.overrides == [] and budget.seeds == [0] and budget.methods == ["control", "mic"]
+    small = ["INPUT.MIN_SIZE_TRAIN", "(160,)"]
     full = _record(tmp_path / "adaptation_fog.json", [], [2.1, 4.1, 1.2])
-    demo = _record(tmp_path / "adaptation_fog_demo.json", adaptation.SMALL_INPUT, [3.0, 2.0, 4.0])
-    night = _record(tmp_path / "adaptation_night_demo.json", adaptation.SMALL_INPUT, [9.0, 9.0], shift="night")
-    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", adaptation.SMALL_INPUT, [5.0])
-    line = adaptation.recorded_spread(budget, [full, night, one_seed, demo])
-    assert demo in line and "same budget 1000+500" in line and "+3.0 ± 1.5" in line and "+3.0, +2.0, +4.0" in line
+    other = _record(tmp_path / "adaptation_fog_small.json", small, [3.0, 2.0, 4.0])
+    night = _record(tmp_path / "adaptation_night.json", [], [9.0, 9.0], shift="night")
+    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", [], [5.0])
+    line = adaptation.recorded_spread(budget, [other, night, one_seed, full])
+    assert full in line and "same budget 1000+500" in line and "+2.5 ± 1.5" in line and "+2.1, +4.1, +1.2" in line
     # Without a record of its budget: the first readable one, said to be another budget.
-    line = adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), full])
-    assert full in line and "same budget" not in line and "another budget" in line
+    line = adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), other])
+    assert other in line and "same budget" not in line and "another budget" in line
     _, longer = adaptation.parse_args(["--demo", "--source-iters", "2000", "--adapt-iters", "1000"])
-    line = adaptation.recorded_spread(longer, [full, demo])
+    line = adaptation.recorded_spread(longer, [full, other])
     assert "same budget" not in line and "another budget" in line and "2000+1000" in line
-    _, full_size = adaptation.parse_args(["--demo", "INPUT.MIN_SIZE_TRAIN", "(256,)"])
-    assert full_size.overrides[-2:] == ["INPUT.MIN_SIZE_TRAIN", "(256,)"]  # later keys win
-    assert "another budget" in adaptation.recorded_spread(full_size, [full, demo])
-    _, bench = adaptation.parse_args([])
-    assert "same budget" in adaptation.recorded_spread(bench, [demo, full]) and bench.overrides == []
+    _, small_input = adaptation.parse_args(["--demo"] + small)
+    assert small_input.overrides == small
+    assert "same budget" in adaptation.recorded_spread(small_input, [full, other])
     assert "No recorded" in adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), one_seed])
 
 
