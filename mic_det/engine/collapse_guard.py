@@ -6,7 +6,7 @@ from scratch, a teacher that is too weak, a shift the source model does not
 survive), the loop can run away: the teacher sees objects everywhere, the
 student learns them, and soon it no longer recognises even the *labelled*
 source objects, or the teacher falls silent. The losses do not show it: they
-keep falling. BENCHMARKS.md has the measured collapses and drifts the checks
+keep falling. docs/benchmarks_archive.md has the measured collapses and drifts the checks
 below are set on.
 
 The MIC step logs per-step signals (``guard/*`` in the event storage); the
@@ -40,7 +40,7 @@ window means once adaptation has started (``MIC.BURN_IN_ITERS``):
   ``MIN_PSEUDO_FOR_DEATH`` counted as that start). This is a teacher
   confirming its own false boxes: its count creeps up while staying well
   under the source's objects per image, so the ratio check does not see it,
-  and the source accuracy holds (BENCHMARKS.md, the night shift). The check
+  and the source accuracy holds (docs/benchmarks_archive.md, the night shift). The check
   is armed only when the start is a *level*: the first window's mean is at
   least ``MIN_PSEUDO_FOR_GROWTH`` per image and the next window's mean is at
   most ``START_SETTLED_RATIO`` times it. A count that starts near zero or

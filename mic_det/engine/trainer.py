@@ -272,7 +272,7 @@ def divergence_hint(cfg: CfgNode, iteration: int, lr: float) -> str:
     fpn = cfg.MODEL.get("FPN")
     if fpn is not None and "fpn" in cfg.MODEL.BACKBONE.NAME.lower() and not fpn.NORM and not cfg.MODEL.WEIGHTS:
         knobs.append('MODEL.FPN.NORM "GN" (an FPN without norm, trained from scratch, diverged at lr 0.02 '
-                     "in BENCHMARKS.md, session 11)")
+                     "in docs/benchmarks_archive.md)")
     return (f"mic_det: training diverged at iteration {iteration}, {phase}. Checkpoints saved before it are kept "
             f"({cfg.OUTPUT_DIR}). Try, one at a time: " + "; ".join(knobs) + ".")
 
