@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from adaptation import execute, machine_info  # noqa: E402
+from adaptation import config_chain_texts, execute, machine_info  # noqa: E402
 from bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder  # noqa: E402
 from bench_report import main_table, to_json, verdict_lines  # noqa: E402
 from bench_stats import SIGNIFICANCE, paired, summarize, verdicts  # noqa: E402
@@ -120,19 +120,6 @@ def task_bench(task: str, shift: str = "fog") -> TaskBench:
                    target_val=bench.target_val.replace("_foggy_", f"_{shift}_"))
 
 
-def _config_chain_text(path: str) -> str:
-    """The text of a config and of every ``_BASE_`` it inherits (what a cached source model depends on)."""
-    text = ""
-    while path:
-        with open(path) as f:
-            body = f.read()
-        text += body
-        base = next((line.split(":", 1)[1].strip().strip("\"'") for line in body.splitlines()
-                     if line.startswith("_BASE_:")), None)
-        path = os.path.join(os.path.dirname(path), base) if base else ""
-    return text
-
-
 def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], cache_dir: str,
                  threads: Optional[int]) -> str:
     """Train (or find) the seed's source model; returns its folder."""
@@ -140,7 +127,7 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.75 * iters)},)",
             "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
     opts += source_overrides(overrides)
-    key = hashlib.sha1(json.dumps([_config_chain_text(config), opts]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps(["".join(config_chain_texts(config)), opts]).encode()).hexdigest()[:12]
     folder = os.path.basename(task.source_config_dir or task.config_dir)
     out = os.path.join(cache_dir, f"{folder}_source_seed{seed}_{iters}_{key}")
     if os.path.isfile(os.path.join(out, "model_final.pth")):
