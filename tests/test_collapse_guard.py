@@ -118,6 +118,27 @@ def test_a_count_rising_from_a_small_start_to_well_under_the_source_objects_is_l
     assert guard.rollbacks == 0 and guard.reference_pseudo == pytest.approx(0.4, abs=0.02)
 
 
+def test_source_accuracy_rising_from_untrained_heads_is_left_alone():
+    """MIC from step 0 on a pretrained backbone: the heads start untrained, the accuracy near 0
+    (0.031 then 0.013 over the first windows on the built-in pair) before it climbs: no collapse."""
+    trainer = _Trainer()
+    guard = _guard(trainer, start_iter=0, window=20, action="stop")
+    rng = random.Random(0)
+    start = [0.031] * 20 + [0.013] * 20  # the dip that stopped a real run when the start was the reference
+    climb = [min(0.9, 0.013 + 0.9 * i / 300) + rng.uniform(-0.02, 0.02) for i in range(400)]
+    _drive(guard, trainer, [dict(HEALTHY, source_accuracy=a, pseudo_per_image=0.0) for a in start + climb])
+    assert guard.rollbacks == 0 and guard.peak_accuracy > 0.85
+
+
+def test_source_accuracy_that_rose_from_zero_then_falls_is_a_collapse():
+    trainer = _Trainer()
+    guard = _guard(trainer, start_iter=0, window=5, action="stop")
+    rise = [min(0.9, 0.01 + 0.02 * i) for i in range(60)]
+    fall = [0.9 - 0.1 * i for i in range(9)]
+    with pytest.raises(TrainingCollapsed, match="at its highest"):
+        _drive(guard, trainer, [dict(HEALTHY, source_accuracy=a) for a in rise + fall])
+
+
 def _mean_of(signals, key="pseudo_per_image"):
     return sum(s[key] for s in signals) / len(signals)
 

@@ -15,9 +15,11 @@ window means once adaptation has started (``MIC.BURN_IN_ITERS``):
 
 * **Source accuracy falls** (``guard/source_accuracy``, the student's accuracy
   on the *labelled* source batch; for detection the RoI head's foreground
-  classification accuracy): a collapse when it falls below
-  ``MIN_ACCURACY_RATIO`` times its mean over the window as adaptation starts
-  (the last steps of a burn-in, or the first steps of MIC from step 0).
+  classification accuracy): a collapse when its window mean falls below
+  ``MIN_ACCURACY_RATIO`` times the highest it has reached since adaptation
+  started (its mean over the window as adaptation starts included). Judged only
+  once that highest mean is at least ``MIN_ACCURACY_TO_JUDGE``: with MIC from
+  step 0 the heads start untrained, and an accuracy near 0 has nothing to fall from.
   The source labels are the one supervision self-training cannot corrupt, so
   forgetting them is the clearest sign the loop has run away.
 * **The teacher hallucinates** (``guard/pseudo_per_image`` against
@@ -99,6 +101,10 @@ MIN_PSEUDO_FOR_DEATH = 0.5
 MIN_PSEUDO_FOR_GROWTH = 0.25
 # ... and the next window at most this many times as many (more: it is climbing, not settled).
 START_SETTLED_RATIO = 2.0
+# The source-accuracy check is judged only once the highest window mean of the accuracy
+# is at least this: with MIC from step 0 the heads start untrained (accuracy near 0), and
+# a dip from 0.03 to 0.01 is noise of a model still learning the source, not a collapse.
+MIN_ACCURACY_TO_JUDGE = 0.2
 
 
 class TrainingCollapsed(RuntimeError):
@@ -165,6 +171,7 @@ class CollapseGuard(HookBase):
         self._reference_pseudo_iter: Optional[int] = None
         self.growth_armed: Optional[bool] = None  # decided one window after reference_pseudo
         self.peak_pseudo = 0.0  # the highest window mean of the count in a window judged healthy
+        self.peak_accuracy = 0.0  # the highest window mean of the source accuracy in a healthy window
         self.lr_scale = 1.0  # the product of the lr factors the rollbacks applied
         self.rollback_iters: List[int] = []
         self._snapshots: Deque[Dict] = deque(maxlen=2)
@@ -232,6 +239,8 @@ class CollapseGuard(HookBase):
             reason = reasons[0] if reasons else None
         if reason is None:
             self.peak_pseudo = max(self.peak_pseudo, _mean(self._pseudo))
+            if len(self._acc) == self.window:
+                self.peak_accuracy = max(self.peak_accuracy, _mean(self._acc))
             if (it - self.start_iter) % self.window == 0:
                 self._snapshot(it)
             return
@@ -275,10 +284,11 @@ class CollapseGuard(HookBase):
 
     def _collapse_reason(self) -> Optional[str]:
         acc = _mean(self._acc)
-        if self.reference_accuracy and len(self._acc) == self.window:
-            if acc < self.min_accuracy_ratio * self.reference_accuracy:
-                return (f"source accuracy {acc:.3f} over the last {self.window} steps, "
-                        f"against {self.reference_accuracy:.3f} when adaptation started")
+        best = max(self.reference_accuracy or 0.0, self.peak_accuracy)
+        if best >= MIN_ACCURACY_TO_JUDGE and len(self._acc) == self.window:
+            if acc < self.min_accuracy_ratio * best:
+                return (f"source accuracy {acc:.3f} over the last {self.window} steps, against {best:.3f} "
+                        "at its highest since adaptation started")
         pseudo, objects = _mean(self._pseudo), _mean(self._objects)
         if self._objects and objects > 0 and pseudo > self.max_pseudo_ratio * objects:
             return (f"the teacher gives {pseudo:.1f} pseudo-labels per image, "
@@ -378,7 +388,7 @@ class CollapseGuard(HookBase):
     def state_dict(self) -> Dict:
         return {"rollbacks": self.rollbacks, "reference_accuracy": self.reference_accuracy,
                 "reference_pseudo": self.reference_pseudo, "growth_armed": self.growth_armed,
-                "peak_pseudo": self.peak_pseudo, "lr_scale": self.lr_scale,
+                "peak_pseudo": self.peak_pseudo, "peak_accuracy": self.peak_accuracy, "lr_scale": self.lr_scale,
                 "rollback_iters": list(self.rollback_iters)}
 
     def load_state_dict(self, state: Dict) -> None:
@@ -388,5 +398,6 @@ class CollapseGuard(HookBase):
         # A checkpoint from before these keys: the growth check as it was (armed), the death check relearnt.
         self.growth_armed = state.get("growth_armed", None if self.reference_pseudo is None else True)
         self.peak_pseudo = state.get("peak_pseudo", 0.0)
+        self.peak_accuracy = state.get("peak_accuracy", 0.0)
         self.lr_scale = state.get("lr_scale", self.lr_factor ** self.rollbacks)
         self.rollback_iters = list(state.get("rollback_iters", []))
