@@ -34,14 +34,20 @@ def test_sigterm_saves_a_resumable_checkpoint_and_says_where(tiny_pair, tmp_path
     cmd += TINY_OVERRIDES + ["DATASETS.SYNTHETIC_ROOT", str(tiny_pair), "OUTPUT_DIR", str(tmp_path),
                              "SOLVER.MAX_ITER", "2000", "MIC.BURN_IN_ITERS", "0", "DATASETS.TEST", "()"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Output to a file, not a pipe: a pipe nobody reads fills up (the model's printout alone is
+    # ~900 lines) and blocks the run before it trains.
+    out_file = open(tmp_path / "stdout.txt", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out_file, stderr=subprocess.STDOUT, text=True)
     log = tmp_path / "log.txt"
     deadline = time.time() + 300
-    while time.time() < deadline and not (log.is_file() and "Starting training" in log.read_text()):
+    # The handler is installed when the hook says so (in before_train, after the model and loaders are built).
+    while time.time() < deadline and not (log.is_file() and "saves a resumable checkpoint" in log.read_text()):
         time.sleep(0.5)
-    time.sleep(3)  # a few steps in
+    time.sleep(2)  # a few steps in
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    out_file.close()
+    out = (tmp_path / "stdout.txt").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
     saved = [f for f in os.listdir(tmp_path) if f.startswith("model_") and f.endswith(".pth")]
     assert len(saved) == 1, saved

@@ -207,11 +207,12 @@ def test_only_images_with_pseudo_boxes_reach_the_masked_student(tiny_pair, tmp_p
     assert len(pseudo[0]) == 1 and len(pseudo[1]) == 0
     assert masked[0]["instances"] is pseudo[0]
     torch.testing.assert_close(masked[0]["instances"].gt_image_quality, torch.tensor([0.95]))
-    # It is image 0 (masked): about half its pixels are image 0's, none need be image 1's.
+    # It is image 0 (masked): about half its pixels are image 0's (ratio 0.5 of the 4 x 5 blocks of
+    # 32 px, so 10-90% kept), none need be image 1's.
     image = masked[0]["image"]
     assert image.shape == target[0]["image"].shape
     same_as = [(image - x["image"].float()).abs().amax(dim=0).lt(1e-3).float().mean().item() for x in target]
-    assert 0.2 < same_as[0] < 0.8 and same_as[1] < same_as[0] - 0.1
+    assert 0.1 < same_as[0] < 0.9 and same_as[1] < same_as[0] - 0.1
     assert logged["mic/frac_images_empty"] == 0.5
     for name in ("loss_cls_mic", "loss_rpn_cls_mic"):
         assert math.isfinite(losses[name].item()) and losses[name].item() > 0, name

@@ -77,6 +77,8 @@ class SaveOnInterrupt(HookBase):
             self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
         except ValueError:  # not the main thread: leave the signals to whoever owns them
             self._previous = {}
+        else:
+            logger.info("SIGTERM or SIGINT (Ctrl-C) from here on saves a resumable checkpoint after the current step.")
 
     def after_step(self):
         requested = self.requested
