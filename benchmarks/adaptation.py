@@ -54,7 +54,7 @@ from bench_report import (class_table, logged_training_seconds, main_table, pseu
                           to_json, verdict_lines)
 from bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere,  # noqa: E402
                         read_run, run_identity, source_overrides, start_run_folder)
-from bench_stats import mean_std, summarize, verdicts  # noqa: E402
+from bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The built-in shifts: config folder and target val set.
@@ -476,8 +476,12 @@ def _recorded_gain(path: str, shift: str) -> Optional[Tuple[Dict, str]]:
         return None
     if theirs["shift"] != shift or len(values) < 2:
         return None
+    clear = g["std"] is not None and g["mean"] > SIGNIFICANCE * g["std"]
+    verdict = ("above the control by more than 3 paired std" if clear else
+               "NOT above the control by 3 paired std: MIC does not adapt reliably on this shift at this budget "
+               "(BENCHMARKS.md says why)")
     return theirs, (f"MIC's gain over the control at {g['mean']:+.1f} ± {g['std'] or 0:.1f} target AP50 "
-                    f"(per seed: {', '.join(f'{v:+.1f}' for v in values)})")
+                    f"(per seed: {', '.join(f'{v:+.1f}' for v in values)}; {verdict})")
 
 
 if __name__ == "__main__":

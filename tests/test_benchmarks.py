@@ -170,6 +170,10 @@ def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_b
     one_seed = _record(tmp_path / "adaptation_fog_seed0.json", [], [5.0])
     line = adaptation.recorded_spread(budget, [other, night, one_seed, full])
     assert full in line and "same budget 1000+500" in line and "+2.5 ± 1.5" in line and "+2.1, +4.1, +1.2" in line
+    assert "NOT above the control" in line  # 2.5 < 3 x 1.5: the demo says the gain is not established
+    strong = _record(tmp_path / "adaptation_fog_strong.json", [], [5.0, 6.0, 7.0])  # 6.0 > 3 x 1.5
+    assert "NOT" not in adaptation.recorded_spread(budget, [strong]) and "above the control by more than 3" in \
+        adaptation.recorded_spread(budget, [strong])
     # Without a record of its budget: the first readable one, said to be another budget.
     line = adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), other])
     assert other in line and "same budget" not in line and "another budget" in line
