@@ -116,3 +116,16 @@ def test_plain_backbone_builds_from_config_keys():
     cfg.MODEL.MOBILENET.OUT_FEATURES = ["res2", "res5"]
     backbone = build_backbone(cfg, ShapeSpec(channels=3))
     assert sorted(backbone.output_shape()) == ["res2", "res5"]
+
+
+def test_a_trained_checkpoint_needs_no_imagenet_file(monkeypatch):
+    """Predict / export / evaluate from MODEL.WEIGHTS on a machine without the ImageNet weights."""
+    def missing():
+        raise RuntimeError("no ImageNet weights here")
+
+    monkeypatch.setattr("mic_det.modeling.mobilenet.imagenet_mobilenet_v2_state_dict", missing)
+    cfg = build_config(os.path.join(REPO, "configs", "Base-CPU-MNV2-FPN.yaml"), ["MODEL.WEIGHTS", "trained.pth"])
+    build_backbone(cfg)  # does not read the ImageNet file
+    cfg.MODEL.WEIGHTS = ""
+    with pytest.raises(RuntimeError, match="no ImageNet weights"):
+        build_backbone(cfg)

@@ -151,8 +151,10 @@ def build_mobilenet_v2_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> MobileN
     m = cfg.MODEL.MOBILENET
     if m.PRETRAINED:
         _check_input_normalisation(cfg)
+    # A MODEL.WEIGHTS checkpoint (a trained model: predict, export, evaluate) overwrites every
+    # backbone weight, so the ImageNet file is neither read nor needed then.
     return MobileNetV2Backbone(m.OUT_FEATURES, norm=m.NORM, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
-                               pretrained=m.PRETRAINED)
+                               pretrained=m.PRETRAINED and not cfg.MODEL.WEIGHTS)
 
 
 @BACKBONE_REGISTRY.register()
