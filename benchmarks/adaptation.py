@@ -55,8 +55,10 @@ from bench_report import (class_table, logged_training_seconds, main_table, pseu
 from bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere,  # noqa: E402
                         read_run, run_identity, source_overrides, start_run_folder)
 from bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts  # noqa: E402
+from run_progress import progress_line, where_line  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRESS_SECONDS = 30.0  # between progress lines of a run (--progress-every; 0: none)
 # The built-in shifts: config folder and target val set.
 SHIFTS = {
     "fog": ("configs/synthetic", "synthetic_foggy_val"),
@@ -143,6 +145,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--eval-period", type=int, default=0,
                    help="also evaluate every N adaptation steps (learning curves; the report uses the last)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
+    p.add_argument("--progress-every", type=float, default=PROGRESS_SECONDS, metavar="SECONDS",
+                   help="print each run's step, ETA, loss and latest AP this often (0: only start and end)")
     p.add_argument("--cache-dir", default="output/bench_cache", help="shared source models")
     p.add_argument("--out-dir", default=None, help="runs (default output/bench_adaptation/<shift>)")
     p.add_argument("--output", default=None, help="JSON report (default benchmarks/results/adaptation_<shift>.json)")
@@ -180,13 +184,29 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
 
 
 # --------------------------------------------------------------------------- running
-def execute(cmd: List[str], log_path: str, threads: Optional[int]) -> float:
+def execute(cmd: List[str], log_path: str, threads: Optional[int], label: str = "",
+            total_iters: int = 0, dataset: Optional[str] = None) -> float:
+    """Run ``cmd`` with its output in ``log_path``; return its wall time.
+
+    With a ``label``, say where the run's log and TensorBoard files are, and every
+    ``PROGRESS_SECONDS`` print one progress line from the run's ``metrics.json``
+    (step, ETA, loss, the latest ``dataset`` metric).
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    run_dir = os.path.dirname(log_path)
     start = time.perf_counter()
     with open(log_path, "a") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if label:
+            print(where_line(label, run_dir), flush=True)
+        while True:
+            try:
+                proc.wait(timeout=PROGRESS_SECONDS if label and PROGRESS_SECONDS > 0 else None)
+                break
+            except subprocess.TimeoutExpired:
+                print(progress_line(label, run_dir, total_iters, dataset), flush=True)
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]
@@ -264,7 +284,9 @@ def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[in
     os.makedirs(out, exist_ok=True)
     cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
     print(f"[seed {seed}] source model: {' '.join(cmd)}", flush=True)
-    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] source model",
+                   total_iters=budget.source_iters)
+    print(f"[seed {seed}] source model: {wall:.0f} s", flush=True)
     return {"dir": out, "wall_seconds": wall, "cached": False, "steps_run": budget.source_iters}
 
 
@@ -325,7 +347,8 @@ def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, th
         return {"wall_seconds": wall, "skipped": False, "steps_run": 0, "shared_with": shared}
     cmd = adapt_command(method, seed, out, budget, source["dir"])
     print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
-    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] {method}",
+                   total_iters=budget.total, dataset=budget.target_val)
     print(f"[seed {seed}] {method}: {wall:.0f} s", flush=True)
     return {"wall_seconds": wall, "skipped": False, "steps_run": budget.adapt_iters, "command": cmd}
 
@@ -369,7 +392,9 @@ def run_order(budget: Budget) -> List[Tuple[str, int]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
+    global PROGRESS_SECONDS
     args, budget = parse_args(argv)
+    PROGRESS_SECONDS = args.progress_every
     threads = 1 if args.jobs > 1 else None
     start = time.perf_counter()
     print(f"Adaptation benchmark, shift {budget.shift}: source model {budget.source_iters} steps, then "

@@ -137,7 +137,7 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
     os.makedirs(out, exist_ok=True)
     cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
     print(f"[seed {seed}] source model: {' '.join(cmd)}", flush=True)
-    execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] source model", total_iters=iters)
     return out
 
 
@@ -175,7 +175,8 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
            "TEST.BEST_CHECKPOINT.ENABLED", "False", "MIC.BURN_IN_ITERS", str(source_iters),
            "UDA.START_ITER", str(source_iters)] + overrides
     print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
-    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
+    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] {method}",
+                   total_iters=total, dataset=task.target_val)
     print(f"[seed {seed}] {method}: {wall:.0f} s", flush=True)
     return out
 

@@ -313,3 +313,33 @@ def test_the_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.splitlines() == ["CUDA is not available: GPU check skipped (--device cpu runs it on the CPU)."]
     assert not out.exists()
+
+
+def test_progress_line_reads_step_eta_loss_and_the_target_metric_from_metrics_json(tmp_path):
+    progress = _load("run_progress")
+    assert progress.progress_line("[seed 0] mic", str(tmp_path), 1500).endswith("starting (building the model and data)")
+    rows = [
+        {"iteration": 999, "total_loss": 1.5, "eta_seconds": 400.0},
+        {"iteration": 999, "student/tgt_val/bbox/AP50": 61.25, "teacher/tgt_val/bbox/AP50": 60.0,
+         "student/src_val/bbox/AP50": 90.0},
+        {"iteration": 1119, "total_loss": 0.8234, "eta_seconds": 190.0},
+    ]
+    with open(tmp_path / "metrics.json", "w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + '\n{"iteration": 11')  # a partly written last row
+    line = progress.progress_line("[seed 0] mic", str(tmp_path), 1500, dataset="tgt_val")
+    assert line == ("[seed 0] mic: step 1120/1500, total_loss 0.823, ETA 3 min 10 s, "
+                    "bbox/AP50 (tgt_val) at step 999: student 61.2, teacher 60.0")
+
+
+def test_a_benchmark_run_prints_where_its_log_is_and_its_progress_while_it_trains(tmp_path, monkeypatch, capsys):
+    adaptation = _load("adaptation")
+    monkeypatch.setattr(adaptation, "PROGRESS_SECONDS", 0.2)
+    script = ("import json, time\n"
+              f"f = open({str(tmp_path / 'metrics.json')!r}, 'w')\n"
+              "f.write(json.dumps({'iteration': 19, 'total_loss': 2.0, 'eta_seconds': 61}) + '\\n'); f.flush()\n"
+              "time.sleep(1.0)\n")
+    adaptation.execute([sys.executable, "-c", script], str(tmp_path / "stdout.txt"), None,
+                       label="[seed 0] mic", total_iters=40)
+    out = capsys.readouterr().out
+    assert f"log {tmp_path / 'log.txt'}; TensorBoard: tensorboard --logdir {tmp_path}" in out
+    assert "[seed 0] mic: step 20/40, total_loss 2.000, ETA 1 min 01 s" in out

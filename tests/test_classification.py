@@ -292,7 +292,7 @@ def test_the_task_benchmark_runs_the_night_shift_from_the_fog_benchmarks_source_
         bench.task_bench("cls", "rain")
 
     commands = []
-    monkeypatch.setattr(bench, "execute", lambda cmd, log, threads: commands.append(cmd) or 0.0)
+    monkeypatch.setattr(bench, "execute", lambda cmd, log, threads, **progress: commands.append(cmd) or 0.0)
     for shift in ("fog", "night"):
         bench.source_model(bench.task_bench("cls", shift), 0, 10, [], str(tmp_path), None)
     assert commands[0] == commands[1]  # the same config and output folder: one source model for both shifts
