@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Plot a Detectron2 ``metrics.json``: AP over iterations (student vs teacher) and losses.
+"""Plot a Detectron2 ``metrics.json``: AP / mIoU / top-1 over iterations (student vs teacher) and losses.
 
 Why: the student/teacher gap and its trend over training is the first thing to
 look at in a MIC run (the teacher should lead the student by a little and
@@ -7,13 +7,15 @@ both should rise after burn-in), and ``metrics.json`` is what every run leaves
 behind, TensorBoard or not.
 
 ``metrics.json`` holds one JSON object per line with an ``"iteration"`` key.
-Evaluation results arrive as ``<model>/<dataset>/bbox/<metric>`` (model =
-student or teacher), losses as ``total_loss``, ``loss_cls``, ``loss_cls_mic`` ...
+Evaluation results arrive as ``<model>/<dataset>/<kind>/<metric>`` (model =
+student or teacher; kind = bbox, sem_seg or cls), losses as ``total_loss``,
+``loss_cls``, ``loss_cls_mic`` ...
 
 Writes into ``--output``:
 
-* ``eval_bbox_<metric>.png``: one panel per dataset, one line per model, for
-  every evaluation metric selected by ``--keys``;
+* ``eval_<kind>_<metric>.png``: one panel per dataset, one line per model, for
+  every evaluation metric selected by ``--keys`` (by default detection's AP50,
+  segmentation's mIoU and classification's top-1);
 * ``losses.png``: one panel per selected key containing "loss";
 * ``scalars.png``: one panel per other selected key (e.g. ``lr``), if any.
 
@@ -25,6 +27,7 @@ Example::
 
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -43,6 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     # plot_metrics says which all-zero series it leaves out.
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not os.path.isfile(args.metrics):
+        print(f"error: --metrics {args.metrics} does not exist (a run writes OUTPUT_DIR/metrics.json)",
+              file=sys.stderr)
+        return 2
     written = plot_metrics(args.metrics, args.output, args.keys)
     if not written:
         print(f"No key of {args.metrics} matches {args.keys!r}; nothing plotted.", file=sys.stderr)

@@ -8,8 +8,11 @@ behind, TensorBoard or not. The trainer writes these plots into
 any run, also while it trains.
 
 ``metrics.json`` holds one JSON object per line with an ``"iteration"`` key.
-Evaluation results arrive as ``<model>/<dataset>/bbox/<metric>`` (model =
-student or teacher), losses as ``total_loss``, ``loss_cls``, ``loss_cls_mic`` ...
+Evaluation results arrive as ``<model>/<dataset>/<kind>/<metric>`` (model =
+student or teacher; kind = ``bbox`` for detection, ``sem_seg`` for
+segmentation, ``cls`` for classification), losses as ``total_loss``,
+``loss_cls``, ``loss_cls_mic`` ... By default each task's headline metric is
+plotted: ``bbox/AP50``, ``sem_seg/mIoU``, ``cls/top1``.
 """
 import json
 import logging
@@ -21,9 +24,10 @@ from typing import Dict, List, Tuple
 
 from .figures import plot_panels
 
-# <model>/<dataset>/bbox/<metric>; the dataset name may itself contain "/".
-EVAL_KEY = re.compile(r"^(?P<model>student|teacher)/(?P<dataset>.+)/bbox/(?P<metric>[^/]+)$")
-DEFAULT_KEYS = r"bbox/AP50$|loss"
+# <model>/<dataset>/<kind>/<metric>; the dataset name may itself contain "/".
+EVAL_KEY = re.compile(r"^(?P<model>student|teacher)/(?P<dataset>.+)/(?P<kind>bbox|sem_seg|cls)/(?P<metric>[^/]+)$")
+# The metric each task's evaluator reports first (detection, segmentation, classification), and the losses.
+DEFAULT_KEYS = r"bbox/AP50$|sem_seg/mIoU$|cls/top1$|loss"
 
 Series = Dict[str, Tuple[List[float], List[float]]]
 
@@ -62,7 +66,7 @@ def read_metrics(path: str) -> Dict[str, Tuple[List[int], List[float]]]:
 
 
 def group_series(metrics: Dict[str, Tuple[List[int], List[float]]], keys: str):
-    """Split the selected keys into evaluation panels (per metric and dataset) and the rest."""
+    """Split the selected keys into evaluation panels (``metric -> dataset -> model -> series``) and the rest."""
     pattern = re.compile(keys)
     evals: Dict[str, Dict[str, Series]] = defaultdict(lambda: defaultdict(dict))
     losses: Dict[str, Series] = OrderedDict()
@@ -107,8 +111,11 @@ def plot_metrics(metrics_path: str, output_dir: str, keys: str = DEFAULT_KEYS) -
     """Write the PNGs for ``metrics_path`` into ``output_dir``; returns their paths.
 
     Loss and scalar series that are 0 throughout are not plotted, and a log
-    line names them (see :func:`drop_all_zero`).
+    line names them (see :func:`drop_all_zero`). A missing ``metrics_path``
+    raises ``FileNotFoundError`` naming it, before anything is written.
     """
+    if not os.path.isfile(metrics_path):
+        raise FileNotFoundError(f"{metrics_path} does not exist (a run writes OUTPUT_DIR/metrics.json)")
     metrics = read_metrics(metrics_path)
     evals, losses, others = group_series(metrics, keys)
     losses, zero_losses = drop_all_zero(losses)
@@ -117,12 +124,14 @@ def plot_metrics(metrics_path: str, output_dir: str, keys: str = DEFAULT_KEYS) -
         logger.info(
             "Not plotted, 0 at every iteration of %s: %s", metrics_path, ", ".join(zero_losses + zero_others)
         )
+    kinds = {m["metric"]: m["kind"] for m in map(EVAL_KEY.match, metrics) if m}
     os.makedirs(output_dir, exist_ok=True)
     written = []
     for metric, panels in sorted(evals.items()):
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", metric)
-        path = os.path.join(output_dir, f"eval_bbox_{safe}.png")
-        written.append(plot_panels(path, panels, ylabel=metric, title=f"bbox/{metric}"))
+        kind = kinds[metric]
+        path = os.path.join(output_dir, f"eval_{kind}_{safe}.png")
+        written.append(plot_panels(path, panels, ylabel=metric, title=f"{kind}/{metric}"))
     if losses:
         written.append(plot_panels(os.path.join(output_dir, "losses.png"), losses, ylabel="loss"))
     if others:
