@@ -71,12 +71,17 @@ def test_class_folders_from_the_command_line_and_a_domains_yaml(tmp_path):
         register_domains_from_args(build_parser().parse_args(["--register-class-folder", "x", str(tmp_path / "nowhere")]))
 
 
-def test_unreadable_image_is_an_error_naming_the_file(tmp_path):
+def test_unreadable_image_is_skipped_in_training_and_an_error_naming_it_in_evaluation(tmp_path, caplog):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not a png")
     cfg = build_config(f"{REPO}/configs/synthetic_cls/source_only.yaml", [])
     with pytest.raises(ValueError, match=r"broken\.png: unreadable image"):
-        ClassificationMapper(cfg, is_train=True)({"file_name": str(bad), "label": 0})
+        ClassificationMapper(cfg, is_train=False)({"file_name": str(bad), "label": 0})
+    train = ClassificationMapper(cfg, is_train=True)
+    with caplog.at_level(logging.WARNING):
+        assert train({"file_name": str(bad), "label": 0}) is None and train({"file_name": str(bad), "label": 0}) is None
+    assert train.num_skipped == 2 and caplog.text.count("Skipping unreadable training image") == 1
+    assert "broken.png" in caplog.text
     good = _write_tree(tmp_path / "t", n=1, classes={"red": COLOURS["red"]}) / "red" / "red_0.png"
     out = ClassificationMapper(cfg, is_train=False, labelled=False)({"file_name": str(good), "label": 1})
     size = cfg.INPUT.CLS.SIZE

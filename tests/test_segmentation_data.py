@@ -162,6 +162,25 @@ def test_unreadable_files_are_errors_naming_them(tmp_path):
     assert "sem_seg" not in scored and scored["sem_seg_for_scoring"].shape == mapped["sem_seg"].shape
 
 
+def test_bad_training_labels_past_the_load_check_are_skipped_and_counted(tmp_path, monkeypatch, caplog):
+    import mic_det.segmentation.datasets as seg_datasets
+
+    monkeypatch.setattr(seg_datasets, "NUM_PAIRS_CHECKED", 1)  # pairs after the first are read in training only
+    images, labels = _domain(str(tmp_path), n=3)
+    with open(os.path.join(labels, "1.png"), "wb") as f:
+        data = cv2.imencode(".png", np.random.default_rng(1).integers(0, 3, (12, 16), dtype=np.uint8))[1].tobytes()
+        f.write(data[: len(data) // 2])  # truncated: the header reads, the pixels do not
+    _write(os.path.join(labels, "2.png"), np.zeros((10, 16), np.uint8))  # another size than its image
+    records = _load("skip_labels", images, labels)
+    cfg = build_config(os.path.join(REPO, "configs", "synthetic_seg", "source_only.yaml"))
+    mapper = SegDatasetMapper(cfg, is_train=True)
+    with caplog.at_level(logging.WARNING):
+        assert mapper(records[1]) is None and mapper(records[2]) is None and mapper(records[1]) is None
+    assert mapper.num_skipped == 3 and mapper(records[0])["sem_seg"].shape[-2:] == mapper(records[0])["image"].shape[-2:]
+    assert caplog.text.count("Skipping training pair") == 2  # one warning per file
+    assert "1.png" in caplog.text and "2.png is 10x16 (h x w) but its image is 12x16" in caplog.text
+
+
 def test_domains_must_share_classes_and_the_head_must_match(tmp_path):
     images, labels = _domain(str(tmp_path))
     register_seg_domain("cls_a", images, labels, CLASSES)

@@ -5,16 +5,21 @@ As the reference's transforms: every image is resized to a square
 with a random horizontal flip) or in the centre (test). A square, fixed-size
 input lets source, target and the masked view share one batch tensor.
 
-An image that cannot be decoded is an error naming the file (a classifier
-trains on a fixed list of images; a silent skip would change it).
+An image that cannot be decoded is skipped in training, with a warning naming
+it and a count (:class:`mic_det.data.mapper.SkippedFiles`, logged as
+``data/skipped_images_<stream>``), as detection and segmentation skip theirs:
+one bad file must not stop a long run. In evaluation it is an error naming the
+file (a skip would change the metric).
 """
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
+
+from ..data.mapper import SkippedFiles
 
 __all__ = ["ClassificationMapper"]
 
@@ -44,13 +49,24 @@ class ClassificationMapper:
         self.image_format = cfg.INPUT.FORMAT
         self.is_train = is_train
         self.labelled = labelled
+        self.skipped = SkippedFiles()
 
-    def __call__(self, record: Dict) -> Dict:
+    @property
+    def num_skipped(self) -> int:
+        """Training images skipped as unreadable so far (over all data loader workers)."""
+        return self.skipped.count
+
+    def __call__(self, record: Dict) -> Optional[Dict]:
+        """Map one record; None (training only) when its image cannot be read."""
         path = record["file_name"]
         try:
             image = utils.read_image(path, format=self.image_format)
         except Exception as e:  # PIL raises several types for a broken file
-            raise ValueError(f"{path}: unreadable image ({type(e).__name__}: {e})") from None
+            reason = f"{type(e).__name__}: {e}"
+            if self.is_train:
+                self.skipped.skip(path, f"Skipping unreadable training image {path} ({reason})")
+                return None
+            raise ValueError(f"{path}: unreadable image ({reason})") from None
         aug = T.AugInput(image)
         self.augmentations(aug)
         image = np.ascontiguousarray(aug.image.transpose(2, 0, 1))

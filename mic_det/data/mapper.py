@@ -9,9 +9,11 @@ Two additions, both about data that is not the clean labelled source set:
   pseudo-label precision/recall only.
 * Real folders hold the odd unreadable file (an interrupted copy, a zero-byte
   download). In a *training* stream one such file should not stop a run of
-  many hours: it is skipped with a warning and counted, and Detectron2's
-  ``MapDataset`` draws another image. In evaluation a skip would silently
-  change the metric, so it is an error naming the file.
+  many hours: it is skipped with a warning and counted
+  (:class:`SkippedFiles`), and Detectron2's ``MapDataset`` draws another
+  image. In evaluation a skip would silently change the metric, so it is an
+  error naming the file. Task mappers (segmentation labels, classification
+  images) skip their own unusable files through the same counter.
 """
 
 import contextlib
@@ -28,7 +30,7 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-__all__ = ["DomainDatasetMapper", "UnreadableImageError"]
+__all__ = ["DomainDatasetMapper", "SkippedFiles", "UnreadableImageError"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ class UnreadableImageError(OSError):
 
 
 class _LocalCounter:
-    """Stand-in for ``mp.Value`` in copies of a mapper made outside process start-up."""
+    """Stand-in for ``mp.Value`` in copies of a counter made outside process start-up."""
 
     def __init__(self, value: int = 0):
         self.value = value
@@ -47,14 +49,49 @@ class _LocalCounter:
         return contextlib.nullcontext()
 
 
+class SkippedFiles:
+    """Training files skipped as unusable: counted across DataLoader workers, one warning per file.
+
+    The count lives in shared memory, so increments in the data loader's
+    worker processes reach the trainer (which logs it as
+    ``data/skipped_images_<stream>``). A bad file is drawn again every epoch;
+    its first skip is a warning naming it, later ones are debug messages.
+    """
+
+    def __init__(self):
+        self._count = mp.Value("q", 0)
+        self._warned = set()
+
+    @property
+    def count(self) -> int:
+        return int(self._count.value)
+
+    def skip(self, file_name: str, message: str) -> None:
+        """Count one skip of ``file_name`` and log ``message`` (which names the file and the reason)."""
+        with self._count.get_lock():
+            self._count.value += 1
+            count = self._count.value
+        log = logger.debug if file_name in self._warned else logger.warning
+        self._warned.add(file_name)
+        log(f"{message}; {count} skipped so far.")
+
+    def __getstate__(self):
+        # A shared counter may only travel to a process being started (worker
+        # start-up); any other copy (deepcopy, cloudpickle) counts on its own.
+        state = self.__dict__.copy()
+        if get_spawning_popen() is None:
+            state["_count"] = _LocalCounter(self.count)
+        return state
+
+
 class DomainDatasetMapper(DatasetMapper):
     """``DatasetMapper`` + an unlabelled (target) mode + skipping unreadable training images.
 
     Attributes:
         labelled: False for the target stream (labels never become ``instances``).
-        num_skipped: images skipped as unreadable so far, summed over the data
-            loader's worker processes (they share the counter), so the trainer
-            can log it.
+        num_skipped: images (or image/label pairs) skipped as unusable so far,
+            summed over the data loader's worker processes (they share the
+            counter, :attr:`skipped`), so the trainer can log it.
     """
 
     @configurable
@@ -66,11 +103,7 @@ class DomainDatasetMapper(DatasetMapper):
         """
         super().__init__(is_train, **kwargs)
         self.labelled = labelled
-        # Shared memory, so increments in DataLoader workers reach the trainer.
-        self._skipped = mp.Value("q", 0)
-        # Files already warned about (per process): a bad file is drawn again
-        # every epoch, and one warning per file is enough to find it.
-        self._warned = set()
+        self.skipped = SkippedFiles()
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, *, labelled: bool = True):
@@ -80,15 +113,7 @@ class DomainDatasetMapper(DatasetMapper):
 
     @property
     def num_skipped(self) -> int:
-        return int(self._skipped.value)
-
-    def __getstate__(self):
-        # A shared counter may only travel to a process being started (worker
-        # start-up); any other copy (deepcopy, cloudpickle) counts on its own.
-        state = self.__dict__.copy()
-        if get_spawning_popen() is None:
-            state["_skipped"] = _LocalCounter(self.num_skipped)
-        return state
+        return self.skipped.count
 
     def _read(self, dataset_dict: dict) -> Optional[np.ndarray]:
         file_name = dataset_dict["file_name"]
@@ -101,15 +126,7 @@ class DomainDatasetMapper(DatasetMapper):
                     f"Cannot read image {file_name} ({reason}); evaluation needs every "
                     f"image of the set: fix or remove it from the dataset."
                 ) from e
-            with self._skipped.get_lock():
-                self._skipped.value += 1
-                count = self._skipped.value
-            log = logger.debug if file_name in self._warned else logger.warning
-            self._warned.add(file_name)
-            log(
-                f"Skipping unreadable training image {file_name} ({reason}); "
-                f"{count} skipped so far."
-            )
+            self.skipped.skip(file_name, f"Skipping unreadable training image {file_name} ({reason})")
             return None
 
     def __call__(self, dataset_dict: dict) -> Optional[dict]:

@@ -9,8 +9,10 @@ unlabelled target is any image folder
 Checked when a set is loaded (at start-up: the class check loads every
 labelled set): images without a label and labels without an image are errors
 listing them; the first :data:`NUM_PAIRS_CHECKED` pairs are read and checked
-for size and values (the rest when the mapper or evaluator reads them), so a
-wrong ignore value or class list fails in the first seconds.
+for size and values, so a wrong ignore value or class list fails in the first
+seconds. The rest are read when used: a bad training pair is skipped and
+counted (:class:`~mic_det.segmentation.mapper.SegDatasetMapper`); the pairs
+of ``DATASETS.TEST`` are all read at start-up (``check_test_images``).
 
 Registered at import, lazily (nothing is read until used; roots under
 ``$DETECTRON2_DATASETS``, see ``datasets/README.md``):

@@ -4,6 +4,10 @@ Built on :class:`mic_det.data.mapper.DomainDatasetMapper` (unreadable training
 images are skipped and counted, never silently in evaluation), with what
 segmentation needs on top:
 
+* a training pair whose label cannot be used (unreadable, another size than
+  its image, values outside the classes) is skipped and counted like an
+  unreadable image; the load-time check reads only the first pairs of a set,
+  and the start-up check reads every label of the test sets;
 * labels come through :func:`~mic_det.segmentation.labels.read_dataset_label`
   (benchmark ids -> train ids, user labels checked for size and values);
 * the target stream never gets ``sem_seg``; with
@@ -24,7 +28,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
 from ..data.mapper import DomainDatasetMapper
-from .labels import IGNORE, read_dataset_label
+from .labels import IGNORE, LabelError, read_dataset_label
 
 __all__ = ["SegDatasetMapper", "build_seg_augmentations"]
 
@@ -74,7 +78,11 @@ class SegDatasetMapper(DomainDatasetMapper):
         want_label = self.is_train and (self.labelled or self.keep_target_labels)
         label = None
         if want_label and label_file is not None and dataset_name is not None:
-            label = read_dataset_label(dataset_name, label_file, image_size=(height, width))
+            try:
+                label = read_dataset_label(dataset_name, label_file, image_size=(height, width))
+            except LabelError as e:  # past the load-time check: one bad pair must not stop training
+                self.skipped.skip(label_file, f"Skipping training pair {dataset_dict['file_name']} ({e})")
+                return None
         aug_input = T.AugInput(image, sem_seg=label)
         self.augmentations(aug_input)
         image, label = aug_input.image, aug_input.sem_seg
