@@ -345,7 +345,8 @@ class MICStep(SimpleTrainer):
             quality = self.task.pseudo_label_quality(target, pseudo)
             if quality is not None:
                 storage.put_scalars(**{f"mic/pseudo_{k}": v for k, v in quality.items()}, smoothing_hint=False)
-        losses = self.task.self_training_losses(self.model, source or [], target, pseudo)
+        # The unwrapped student, as for the masked view (see _masked_losses).
+        losses = self.task.self_training_losses(unwrap_model(self.model), source or [], target, pseudo)
         if self.loss_weight == 0:  # self-training alone (e.g. DACS without masking): no masked forward
             return losses
         keep = [i for i, p in enumerate(pseudo) if self.task.has_pseudo_label(p)]
@@ -373,7 +374,7 @@ class MICStep(SimpleTrainer):
             mask = self.mask_generator(tensor.shape[0], tensor.shape[-2], tensor.shape[-1], device=tensor.device)
             tensor = apply_block_mask(tensor, mask, images.image_sizes)
             # Back to pixel space: the student normalises its inputs itself, so
-            # the masked view enters through the same (DDP-wrapped) forward.
+            # the masked view enters through its usual forward.
             pixels = tensor * self.pixel_std + self.pixel_mean
             if not bool(torch.isfinite(pixels).all()):
                 self._raise_non_finite_view(pixels, images.tensor, inputs, suffix)
@@ -382,8 +383,12 @@ class MICStep(SimpleTrainer):
         masked = self.task.masked_inputs(pixels, images.image_sizes, inputs, targets)
         if suffix == "_mic" and self.task.visualizing(storage):
             self.task.visualize(storage, student, inputs, masked)
+        # The unwrapped student: DDP sees one forward per step, the supervised one, whose graph
+        # already reaches every parameter this one uses. Its gradients still reach DDP's
+        # all-reduce (hooked on the parameters), and a rank without pseudo-labels, which
+        # skips this forward, leaves DDP's bookkeeping the same as a rank that runs it.
         with contextlib.nullcontext() if self.masked_updates_norm_stats else frozen_norm_statistics(student):
-            losses = self.model(masked)
+            losses = student(masked)
         losses = {f"{k}{suffix}": v * self.loss_weight for k, v in losses.items()}
         self._check_masked_losses(losses, inputs)
         return losses

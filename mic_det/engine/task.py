@@ -111,7 +111,8 @@ class MICTask:
     ) -> Dict[str, torch.Tensor]:
         """Losses of the task's own self-training on the pseudo-labels, next to the masked term
         (segmentation: DACS's ClassMix of source and target). Called at every MIC step with the
-        (possibly DDP-wrapped) student; ``{}`` by default. With ``MIC.LOSS_WEIGHT`` 0 these are
+        unwrapped student (under DDP too: its gradients reach DDP's all-reduce through the
+        parameters); ``{}`` by default. With ``MIC.LOSS_WEIGHT`` 0 these are
         the only target losses (self-training without masking)."""
         return {}
 

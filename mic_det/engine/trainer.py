@@ -23,7 +23,7 @@ from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
 from .task import build_task
 
-__all__ = ["MICTrainer", "divergence_hint", "evaluate_models", "models_to_evaluate", "teacher_student_gap"]
+__all__ = ["MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "evaluate_models", "models_to_evaluate", "teacher_student_gap"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class MICTrainer(DefaultTrainer):
         if cfg.MIC.ENABLED or cfg.UDA.ENABLED:
             target_loader = build_target_loader(cfg, self.task.build_train_mapper(cfg, labelled=False))
         device_ids = [comm.get_local_rank()] if model.device.type == "cuda" else None
-        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids,
+                                 find_unused_parameters=ddp_find_unused_parameters(cfg))
         # Copied after DDP has broadcast rank 0's weights: one teacher on every rank.
         self.teacher: Optional[EMATeacher] = EMATeacher(model) if cfg.MIC.ENABLED else None
         self._trainer = MICStep(cfg, model, source_loader, target_loader, optimizer, self.teacher, self.task)
@@ -232,6 +233,20 @@ class MICTrainer(DefaultTrainer):
             # After the writers, so the plots see the final metrics.
             ret.append(MetricsPlotter(cfg.OUTPUT_DIR))
         return ret
+
+
+def ddp_find_unused_parameters(cfg: CfgNode) -> bool:
+    """Whether DistributedDataParallel must look for parameters without a gradient in a step.
+
+    DDP's one forward per step is the supervised one (with the target batch once
+    domain alignment is on); MIC's masked view and a task's self-training pass run
+    the unwrapped student (see :class:`~mic_det.engine.mic_step.MICStep`), on
+    parameters that forward uses, so a rank without pseudo-labels needs nothing
+    here. With ``UDA.START_ITER`` > 0 the domain discriminators get no gradient
+    before that step: DDP must then find them (a graph walk per step), or the
+    next step fails with "Expected to have finished reduction in the prior iteration".
+    """
+    return bool(cfg.UDA.ENABLED and cfg.UDA.START_ITER > 0)
 
 
 def warn_if_adaptation_starts_at_full_lr(cfg: CfgNode, scheduler) -> None:
