@@ -7,13 +7,14 @@ turn those into one readable error naming the datasets and config keys.
 """
 
 import difflib
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .domains import _try_image_size, is_labelled
+from .domains import image_size, is_labelled
 
 __all__ = ["check_datasets_registered", "check_domain_classes", "check_test_images", "dataset_names"]
 
@@ -139,35 +140,65 @@ def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str], keys: O
             )
 
 
-def _image_problem(record: dict) -> Optional[str]:
-    """Why the image of ``record`` cannot be evaluated, or None."""
+def _decoded_size(path: str) -> Tuple[int, int]:
+    """``(height, width)`` of ``path`` as Detectron2 reads it, after decoding all of its pixels.
+
+    A header can read while the pixels cannot (a truncated copy); Detectron2's
+    ``read_image`` (PIL) then fails at the first evaluation. PIL decodes
+    lazily, so :meth:`~PIL.Image.Image.load` forces the decode; a JPEG decodes
+    at 1/8 scale (PIL's draft mode), which still reads its compressed data to
+    the end, so a truncation is found at a fraction of the cost.
+    """
+    from PIL import Image
+
+    size = image_size(path)  # the EXIF-rotated size, as read_image gives it
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+        im.load()
+    return size
+
+
+def _image_problem(record: dict, dataset_name: str) -> Optional[str]:
+    """Why the image (or the segmentation label) of ``record`` cannot be evaluated, or None."""
     path = record["file_name"]
     if not os.path.isfile(path):
         return f"{path}: does not exist"
-    size = _try_image_size(path)
-    if isinstance(size, str):
-        return f"{path}: unreadable ({size})"
+    try:
+        size = _decoded_size(path)
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, ... for broken files
+        return f"{path}: unreadable ({type(e).__name__}: {e})"
     expected = (record.get("height"), record.get("width"))
     if None not in expected and tuple(size) != tuple(expected):
         return f"{path}: {size[0]}x{size[1]} (h x w) but the dataset says {expected[0]}x{expected[1]}"
+    label = record.get("sem_seg_file_name")
+    if label is not None:
+        from ..segmentation.labels import LabelError, read_dataset_label  # local: segmentation imports mic_det.data
+
+        try:
+            read_dataset_label(dataset_name, label, image_size=size)  # as the evaluator reads it, size checked
+        except LabelError as e:
+            return str(e)
     return None
 
 
 def check_test_images(cfg) -> None:
-    """Every image of every ``DATASETS.TEST`` set exists, has a readable header and the size its labels say.
+    """Every image of every ``DATASETS.TEST`` set decodes and has the size its labels say.
 
     Evaluation needs every image (the mapper refuses to skip one), but it
     first reads them at the first evaluation, possibly hours into training.
-    Only headers are read, in a thread pool (as image folders are listed), so
-    this costs seconds for thousands of images; all bad files are named in
-    one ``FileNotFoundError`` (missing files) or ``ValueError``.
+    Val sets are small, so every image is decoded in full (a truncated file
+    has a readable header), and every label PNG of a segmentation set is read
+    as its evaluator reads it (size and values checked), in a thread pool
+    (decoding releases the GIL). All bad files are named, with their dataset,
+    in one ``FileNotFoundError`` (missing files) or ``ValueError``.
     """
     problems: List[str] = []
     missing = False
     for name in cfg.DATASETS.TEST:
         records = DatasetCatalog.get(name)
         with ThreadPoolExecutor(max_workers=8) as pool:
-            found = [p for p in pool.map(_image_problem, records) if p]
+            found = [p for p in pool.map(_image_problem, records, itertools.repeat(name)) if p]
         missing |= any(p.endswith("does not exist") for p in found)
         problems += [f"{name}: {p}" for p in found]
     if problems:
