@@ -78,9 +78,16 @@ def test_cdan_discriminator_learns_while_the_features_get_the_reversed_gradient(
     assert logits.grad is None or torch.all(logits.grad == 0)  # the conditioning softmax is detached
 
 
-def test_the_grl_coefficient_warms_up_from_zero():
+def test_the_grl_coefficient_follows_tllib_warm_start_gradient_reverse_layer():
+    """CDAN's reference: tllib's WarmStartGradientReverseLayer(alpha=1, lo=0, hi=1, max_iters=1000), whose
+    coefficient is 2 (hi - lo) / (1 + exp(-alpha i / max_iters)) - (hi - lo) + lo; values computed from it."""
     assert warm_grl_coefficient(0, 1000) == 0.0
-    assert warm_grl_coefficient(500, 1000) == pytest.approx(2 / (1 + math.exp(-5)) - 1)
+    assert warm_grl_coefficient(500, 1000) == pytest.approx(0.2449, abs=1e-4)
+    assert warm_grl_coefficient(1000, 1000) == pytest.approx(0.4621, abs=1e-4)
+    assert warm_grl_coefficient(3000, 1000) == pytest.approx(0.9051, abs=1e-4)
+    # hi = GRL_WEIGHT; alpha = GRL_ALPHA (10 is DANN's faster ramp).
+    assert warm_grl_coefficient(500, 1000, 0.5) == pytest.approx(0.5 * 0.2449, abs=1e-4)
+    assert warm_grl_coefficient(50, 1000, alpha=10.0) == pytest.approx(0.2449, abs=1e-4)
     assert warm_grl_coefficient(10**6, 1000, 0.5) == pytest.approx(0.5)
     assert warm_grl_coefficient(None, 1000, 0.7) == 0.7
 
@@ -145,6 +152,32 @@ def test_the_grl_warm_up_counts_from_the_first_aligned_step():
     assert backbone_grad_of_cdan(400, 400) == 0.0  # coefficient 0 at the first aligned step
     assert backbone_grad_of_cdan(400, 450) > 0.0
     assert backbone_grad_of_cdan(0, 400) > 0.0
+
+
+def test_the_model_scales_the_reversed_gradient_by_the_reference_warm_up():
+    """With the reference's settings (the UDA.CDAN.GRL_* defaults), step 500 reverses 0.245 of the full gradient."""
+    from detectron2.utils.events import EventStorage
+
+    def backbone_grad_of_cdan(*opts):
+        torch.manual_seed(0)
+        model = build_model(_tiny_cfg(*opts))
+        model.train()
+        with EventStorage(500):
+            loss = model(_images(4, [0, 1, 2, 0]), target_inputs=_images(4))["loss_cdan"]
+        loss.backward()
+        return sum(float(p.grad.abs().sum()) for p in model.backbone.parameters() if p.grad is not None)
+
+    from detectron2.config import get_cfg
+
+    from mic_det import add_mic_config
+
+    defaults = get_cfg()
+    add_mic_config(defaults)
+    cdan = defaults.UDA.CDAN
+    assert (cdan.GRL_WARM_ITERS, cdan.GRL_ALPHA, cdan.GRL_WEIGHT) == (1000, 1.0, 1.0)
+    full = backbone_grad_of_cdan("UDA.CDAN.GRL_WARM_ITERS", "0")
+    warm = backbone_grad_of_cdan("UDA.CDAN.GRL_WARM_ITERS", "1000", "UDA.CDAN.GRL_ALPHA", "1.0")
+    assert warm / full == pytest.approx(0.2449, abs=1e-3)
 
 
 def test_evaluator_per_class_accuracy_and_mean_against_a_hand_made_case(tmp_path):

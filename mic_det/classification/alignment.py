@@ -45,14 +45,17 @@ def cdan_input(features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return torch.bmm(probs.unsqueeze(2), features.unsqueeze(1)).flatten(1)
 
 
-def warm_grl_coefficient(iteration: Optional[int], warm_iters: int, weight: float = 1.0) -> float:
-    """``weight * (2 / (1 + exp(-10 t / warm_iters)) - 1)``: 0 at t = 0, ~weight after warm_iters / 2.
+def warm_grl_coefficient(iteration: Optional[int], warm_iters: int, weight: float = 1.0, alpha: float = 1.0) -> float:
+    """``weight * (2 / (1 + exp(-alpha t / warm_iters)) - 1)`` at iteration ``t``.
 
-    ``iteration`` None (no training loop, e.g. a unit test) or ``warm_iters`` <= 0 gives ``weight``.
+    tllib's ``WarmStartGradientReverseLayer(alpha, lo=0, hi=weight, max_iters=warm_iters)``,
+    the reference CDAN's (alpha 1, max_iters 1000): 0 at t = 0, 0.245 x weight at
+    warm_iters / 2, 0.462 at warm_iters, 0.905 at 3 warm_iters. ``iteration`` None (no
+    training loop, e.g. a unit test) or ``warm_iters`` <= 0 gives ``weight``.
     """
     if iteration is None or warm_iters <= 0:
         return weight
-    return weight * (2.0 / (1.0 + math.exp(-10.0 * iteration / warm_iters)) - 1.0)
+    return weight * (2.0 / (1.0 + math.exp(-alpha * iteration / warm_iters)) - 1.0)
 
 
 class CDANDiscriminator(nn.Module):

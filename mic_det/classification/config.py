@@ -46,10 +46,13 @@ def add_classification_config(cfg: CN) -> CN:
     # Hidden width of the discriminator MLP (in -> H -> H -> 1, BatchNorm + ReLU; reference 1024).
     _C.UDA.CDAN.HIDDEN_DIM = 1024
     # The reversed gradient's coefficient ramps from 0 to GRL_WEIGHT as
-    # 2 / (1 + exp(-10 t / GRL_WARM_ITERS)) - 1 at iteration t (the reference's
-    # warm-start GRL, alpha 1 over 1000 iterations; the ramp reaches ~1 at ~GRL_WARM_ITERS / 2).
+    # GRL_WEIGHT * (2 / (1 + exp(-GRL_ALPHA t / GRL_WARM_ITERS)) - 1) at aligned step t:
+    # tllib's WarmStartGradientReverseLayer (hi = GRL_WEIGHT, alpha, max_iters), with the
+    # reference CDAN's alpha 1 and max_iters 1000 by default (0.245 at step 500, 0.462 at
+    # 1000, 0.905 at 3000). GRL_ALPHA 10 is DANN's faster ramp (~1 at GRL_WARM_ITERS / 2).
     _C.UDA.CDAN.GRL_WEIGHT = 1.0
     _C.UDA.CDAN.GRL_WARM_ITERS = 1000
+    _C.UDA.CDAN.GRL_ALPHA = 1.0
     # Minimum Class Confusion on target predictions.
     _C.UDA.MCC = CN()
     _C.UDA.MCC.ENABLED = True

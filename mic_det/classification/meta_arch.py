@@ -76,6 +76,7 @@ class MICClassifier(nn.Module):
         cdan_hidden: int = 1024,
         grl_weight: float = 1.0,
         grl_warm_iters: int = 1000,
+        grl_alpha: float = 1.0,
         uda_start_iter: int = 0,
         mcc_enabled: bool = True,
         mcc_weight: float = 1.0,
@@ -104,6 +105,7 @@ class MICClassifier(nn.Module):
         self.cdan_enabled = uda_enabled and cdan_enabled
         self.discriminator = CDANDiscriminator(feat_dim * num_classes, cdan_hidden) if self.cdan_enabled else None
         self.cdan_weight, self.grl_weight, self.grl_warm_iters = cdan_weight, grl_weight, grl_warm_iters
+        self.grl_alpha = grl_alpha
         self.uda_start_iter = uda_start_iter
         self.mcc_enabled = uda_enabled and mcc_enabled
         self.mcc_weight, self.mcc_temperature = mcc_weight, mcc_temperature
@@ -126,6 +128,7 @@ class MICClassifier(nn.Module):
             "cdan_hidden": uda.CDAN.HIDDEN_DIM,
             "grl_weight": uda.CDAN.GRL_WEIGHT,
             "grl_warm_iters": uda.CDAN.GRL_WARM_ITERS,
+            "grl_alpha": uda.CDAN.GRL_ALPHA,
             "uda_start_iter": uda.START_ITER,
             "mcc_enabled": uda.MCC.ENABLED,
             "mcc_weight": uda.MCC.LOSS_WEIGHT,
@@ -169,7 +172,7 @@ class MICClassifier(nn.Module):
                 # (which aligns from step 0): a run resumed from a source model at
                 # UDA.START_ITER must not start at full strength.
                 since = None if storage_iter is None else max(storage_iter - self.uda_start_iter, 0)
-                coefficient = warm_grl_coefficient(since, self.grl_warm_iters, self.grl_weight)
+                coefficient = warm_grl_coefficient(since, self.grl_warm_iters, self.grl_weight, self.grl_alpha)
                 losses["loss_cdan"] = self.cdan_weight * cdan_loss(self.discriminator, features, logits, n, coefficient)
             if self.mcc_enabled:
                 losses["loss_mcc"] = self.mcc_weight * mcc_loss(logits[n:], self.mcc_temperature)
