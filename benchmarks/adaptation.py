@@ -385,7 +385,7 @@ def run_order(budget: Budget) -> List[Tuple[str, int]]:
     """(method, seed) pairs, longest method first and seeds in order within one.
 
     Longest first keeps the end of a ``--jobs 2`` run from being one long run on one core
-    beside an idle one (session 7's full benchmark ended on a MIC+SADA run alone).
+    beside an idle one.
     """
     methods = sorted(budget.methods, key=lambda m: -METHODS[m].step_cost)  # stable: ties keep their order
     return [(m, s) for m in methods for s in budget.seeds]

@@ -3,7 +3,7 @@
 
 Detection: source-only, MIC and MIC + SADA; segmentation: self-training
 (DACS) and MIC on it; classification: CDAN+MCC and MIC on it. Each MIC row
-is also given as a ratio to the step it adds to (issues 12 and 13: a
+is also given as a ratio to the step it adds to (the targets: a
 segmentation MIC step <= 1.5x self-training, a classification MIC step <=
 1.6x CDAN+MCC).
 

@@ -11,7 +11,7 @@ with the matched control, which simply continues source-only training.
 Every run is evaluated once, at its end; nothing is selected on target val.
 
 =========  ==========================================  ==========================================
-task       methods                                     targets (issues 12, 13)
+task       methods                                     targets
 =========  ==========================================  ==========================================
 seg        control, self_training (DACS, no masking),  MIC > self-training > control on target
            mic, oracle                                 mIoU, each gap > 3 paired std; MIC >= 90%
