@@ -231,7 +231,7 @@ def dataset_info(shift: str = "fog") -> Dict:
 
 
 def source_model_key(config: str, opts: List[str]) -> str:
-    """What determines the source model: its config text, the options, and the labelled source split.
+    """What determines the source model: its config values, the options, and the labelled source split.
 
     Only the clear training images enter (not the target splits), so adding a
     shift to the built-in set keeps every cached source model valid.
@@ -239,22 +239,25 @@ def source_model_key(config: str, opts: List[str]) -> str:
     info = dataset_info()
     data = [info.get(k) for k in ("generator", "version", "seed", "height", "width")]
     data.append((info.get("splits") or {}).get("source_train"))
-    text = "".join(config_chain_texts(os.path.join(REPO, config)))
-    return hashlib.sha1(json.dumps([text, opts, data]).encode()).hexdigest()[:12]
+    values = config_chain_values(os.path.join(REPO, config))
+    return hashlib.sha1(json.dumps([values, opts, data], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def config_chain_texts(path: str) -> List[str]:
-    """The text of a config file and of every ``_BASE_`` it derives from, nearest first."""
+def config_chain_values(path: str) -> List[Dict]:
+    """The values of a config file and of every ``_BASE_`` it derives from, nearest first.
+
+    Values, not text: a comment edited in a config keeps its cached models valid.
+    """
     import yaml
 
-    texts = []
+    values = []
     while path:
         with open(path) as f:
-            text = f.read()
-        texts.append(text)
-        base = (yaml.safe_load(text) or {}).get("_BASE_")
+            data = yaml.safe_load(f) or {}
+        values.append(data)
+        base = data.get("_BASE_")
         path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
-    return texts
+    return values
 
 
 SOURCE_CONFIG = "configs/synthetic/source_only.yaml"  # the clear source, shared by every shift

@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from adaptation import config_chain_texts, execute, machine_info  # noqa: E402
+from adaptation import config_chain_values, execute, machine_info  # noqa: E402
 from bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder  # noqa: E402
 from bench_report import main_table, to_json, verdict_lines  # noqa: E402
 from bench_stats import SIGNIFICANCE, paired, summarize, verdicts  # noqa: E402
@@ -127,7 +127,7 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.75 * iters)},)",
             "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
     opts += source_overrides(overrides)
-    key = hashlib.sha1(json.dumps(["".join(config_chain_texts(config)), opts]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([config_chain_values(config), opts], sort_keys=True).encode()).hexdigest()[:12]
     folder = os.path.basename(task.source_config_dir or task.config_dir)
     out = os.path.join(cache_dir, f"{folder}_source_seed{seed}_{iters}_{key}")
     if os.path.isfile(os.path.join(out, "model_final.pth")):

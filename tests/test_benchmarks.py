@@ -343,3 +343,19 @@ def test_a_benchmark_run_prints_where_its_log_is_and_its_progress_while_it_train
     out = capsys.readouterr().out
     assert f"log {tmp_path / 'log.txt'}; TensorBoard: tensorboard --logdir {tmp_path}" in out
     assert "[seed 0] mic: step 20/40, total_loss 2.000, ETA 1 min 01 s" in out
+
+
+def test_a_source_models_cache_key_follows_config_values_through_bases_not_comments(tmp_path):
+    adaptation = _load("adaptation")
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.02\n")
+    (tmp_path / "run.yaml").write_text('_BASE_: "base.yaml"\nSEED: 1\n')
+
+    def key():
+        values = adaptation.config_chain_values(str(tmp_path / "run.yaml"))
+        return json.dumps(values, sort_keys=True)
+
+    first = key()
+    (tmp_path / "base.yaml").write_text("# the lr is measured in BENCHMARKS.md\nSOLVER:\n  BASE_LR: 0.02  # chosen\n")
+    assert key() == first
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")
+    assert key() != first
