@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mic_det.config_loading import build_config
-from mic_det.data.checks import check_test_images
+from mic_det.data.checks import check_test_images, check_training_sets
 from mic_det.data.domains import image_size, register_coco_domain
 from mic_det.segmentation.datasets import register_seg_domain
 
@@ -54,3 +54,28 @@ def test_every_label_of_a_segmentation_test_set_is_read_at_start_up(tmp_path, mo
     assert "2 test image(s) of DATASETS.TEST cannot be evaluated" in str(e.value)
     assert "val_seg_labels: Cannot read label" in str(e.value) and "1.png" in str(e.value)
     assert "2.png is 20x40 (h x w) but its image is 30x40" in str(e.value)
+
+
+def test_an_empty_target_folder_fails_before_the_model_is_built(tiny_pair, tmp_path):
+    from .conftest import run_train_net
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/mic.yaml", "--register-folder", "empty_target", str(tmp_path / "empty"),
+         "DATASETS.TRAIN_TARGET", "('empty_target',)"], tmp_path / "run", tiny_pair, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "DATASETS.TRAIN_TARGET: Dataset 'empty_target'" in proc.stderr and str(tmp_path / "empty") in proc.stderr
+    assert "Model:" not in proc.stdout + proc.stderr  # found before the model is built
+
+
+def test_a_training_set_without_images_is_named_with_its_key_and_files(tmp_path):
+    import json
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "empty.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    register_coco_domain("no_images", tmp_path / "empty.json", tmp_path / "images")
+    cfg = build_config(None, ["DATASETS.TRAIN_TARGET", "('no_images',)"])
+    with pytest.raises(ValueError, match=r"DATASETS.TRAIN_TARGET: dataset 'no_images' has no images \(image_root .*images, "
+                                         r"json_file .*empty\.json\)"):
+        check_training_sets(cfg)

@@ -28,7 +28,7 @@ from detectron2.utils.logger import setup_logger
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
 from mic_det.classification import register_synthetic_crops
 from mic_det.config_loading import build_config
-from mic_det.data.checks import check_domain_classes, check_test_images
+from mic_det.data.checks import check_domain_classes, check_test_images, check_training_sets
 from mic_det.data.cli import add_domain_arguments, register_domains_from_args
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
@@ -84,6 +84,8 @@ def setup(args):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mic_det", abbrev_name="mic")
     check_domain_classes(cfg)  # checks the names are registered first
+    if not args.eval_only:
+        check_training_sets(cfg)  # e.g. an empty target folder, found before the model is built
     check_test_images(cfg)
     return cfg
 

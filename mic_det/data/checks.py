@@ -16,7 +16,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .domains import image_size, is_labelled
 
-__all__ = ["check_datasets_registered", "check_domain_classes", "check_test_images", "dataset_names"]
+__all__ = [
+    "check_datasets_registered",
+    "check_domain_classes",
+    "check_test_images",
+    "check_training_sets",
+    "dataset_names",
+]
 
 _KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.TRAIN_TARGET")
 
@@ -137,6 +143,31 @@ def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str], keys: O
             raise ValueError(
                 f"{key} is {node} but the datasets have {num} classes "
                 f"({ref_name}: {list(ref)}); set {key} {num}."
+            )
+
+
+def check_training_sets(cfg) -> None:
+    """Every ``DATASETS.TRAIN`` and ``DATASETS.TRAIN_TARGET`` set has images, before the model is built.
+
+    The data loaders load their sets after the model is built (and its
+    weights read); an empty target folder would be found only then. Loading
+    a set here costs what its loader costs again (image folders: a listing
+    and the image headers). Errors name the config key, the dataset and its
+    folder (or annotation file).
+    """
+    for key, name in dataset_names(cfg):
+        if key == "DATASETS.TEST":
+            continue
+        try:
+            records = DatasetCatalog.get(name)
+        except (FileNotFoundError, ValueError) as e:  # the loaders name the dataset and its folder
+            raise type(e)(f"{key}: {e}") from None
+        if not records:
+            meta = MetadataCatalog.get(name)
+            where = [f"{k} {meta.get(k)}" for k in ("image_root", "json_file", "label_root") if meta.get(k)]
+            raise ValueError(
+                f"{key}: dataset '{name}' has no images ({', '.join(where) or 'its loader returned none'}); "
+                "a training set needs at least one."
             )
 
 
