@@ -5,12 +5,15 @@ unless a comment says otherwise. Detectron2's own keys keep their meaning:
 ``DATASETS.TRAIN`` is the labelled *source* stream, ``DATASETS.TEST`` the
 evaluation sets.
 """
+import numbers
+from typing import Callable, Tuple
+
 from detectron2.config import CfgNode as CN
 
 from .modeling.mobilenet import add_mobilenet_config
 from .segmentation.config import add_segmentation_config
 
-__all__ = ["add_mic_config"]
+__all__ = ["add_mic_config", "check_mic_config"]
 
 
 def add_mic_config(cfg: CN) -> CN:
@@ -235,3 +238,59 @@ def add_mic_config(cfg: CN) -> CN:
 
     add_classification_config(_C)  # MODEL.CLASSIFIER, INPUT.CLS, UDA.CDAN/MCC, MIC.CLS_PSEUDO_WEIGHT
     return cfg
+
+
+def _integer(low: int) -> Tuple[Callable[[object], bool], str]:
+    return (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low), f"an integer >= {low}"
+
+
+def _number(low: float, high: float = float("inf"), high_open: bool = False) -> Tuple[Callable[[object], bool], str]:
+    def ok(v) -> bool:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool):
+            return False
+        return low <= v and (v < high if high_open else v <= high)
+
+    text = f">= {low:g}" if high == float("inf") else f"in [{low:g}, {high:g}{')' if high_open else ']'}"
+    return ok, text
+
+
+#: The range of every numeric MIC.* key: (key, (test, what it must be), why).
+_MIC_RANGES = (
+    ("MIC.LOSS_WEIGHT", _number(0), "the weight of the masked loss"),
+    ("MIC.MASK_BLOCK_SIZE", _integer(1), "the side of a mask block in network-input pixels"),
+    ("MIC.MASK_RATIO", _number(0, 1, high_open=True), "the expected fraction of hidden blocks; 1 would hide all"),
+    ("MIC.EMA_ALPHA", _number(0, 1), "the teacher's EMA weight"),
+    ("MIC.PSEUDO_SCORE_THRESH", _number(0), "a score or probability threshold; above 1 keeps no pseudo-label"),
+    ("MIC.PSEUDO_NMS_THRESH", _number(0, 1), "an IoU"),
+    ("MIC.PSEUDO_IGNORE_THRESH", _number(0), "a score threshold; >= MIC.PSEUDO_SCORE_THRESH turns it off"),
+    ("MIC.PSEUDO_BOX_REG_WEIGHT", _number(0), "a loss weight"),
+    ("MIC.BURN_IN_ITERS", _integer(0), "iterations"),
+    ("MIC.GUARD.WINDOW", _integer(2), "steps each signal is averaged over"),
+    ("MIC.GUARD.MIN_ACCURACY_RATIO", _number(0, 1), "a fraction of the starting source accuracy"),
+    ("MIC.GUARD.MAX_PSEUDO_RATIO", _number(0), "pseudo-labels per labelled source object"),
+    ("MIC.GUARD.MAX_PSEUDO_GROWTH", _number(0), "a growth factor; 0 turns the check off"),
+    ("MIC.GUARD.MAX_ROLLBACKS", _integer(0), "a count"),
+    ("MIC.GUARD.LR_FACTOR", _number(0, 1), "the factor a rollback multiplies the lr by"),
+    ("MIC.MASK_AUG.COLOR_JITTER_PROB", _number(0, 1), "a probability"),
+    ("MIC.MASK_AUG.COLOR_JITTER_STRENGTH", _number(0, 0.5), "hue shifts are U[-s, s] turns"),
+    ("MIC.MASK_AUG.BLUR_PROB", _number(0, 1), "a probability"),
+)
+
+
+def check_mic_config(cfg: CN) -> None:
+    """Raise a ``ValueError`` naming every ``MIC.*`` key whose value is out of its range.
+
+    The classes that use these values check their arguments too, but only
+    when training builds them (after the model, or at the first MIC step),
+    and without the key's name; ``build_config`` runs this check on every
+    config it builds.
+    """
+    problems = []
+    for key, (ok, must), why in _MIC_RANGES:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        if not ok(node):
+            problems.append(f"{key} must be {must} ({why}), got {node!r}")
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -12,7 +12,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg
 
-from .config import add_mic_config
+from .config import add_mic_config, check_mic_config
 
 __all__ = ["build_config", "merge_config", "nearest_keys"]
 
@@ -79,7 +79,9 @@ def merge_config(cfg: CfgNode, config_file: Optional[str] = None, opts: Sequence
 
 
 def build_config(config_file: Optional[str] = None, opts: Iterable[str] = ()) -> CfgNode:
-    """Detectron2's defaults + mic_det's keys + ``config_file`` + ``opts`` (not frozen)."""
+    """Detectron2's defaults + mic_det's keys + ``config_file`` + ``opts`` (not frozen), MIC.* ranges checked."""
     cfg = get_cfg()
     add_mic_config(cfg)
-    return merge_config(cfg, config_file, list(opts))
+    merge_config(cfg, config_file, list(opts))
+    check_mic_config(cfg)  # a value out of range fails here, naming its key
+    return cfg

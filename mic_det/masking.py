@@ -53,10 +53,10 @@ class BlockMaskGenerator:
 
     def __init__(self, block_size: int, ratio: float):
         if not _is_int(block_size) or block_size < 1:
-            raise ValueError(f"block_size must be an int >= 1, got {block_size!r}")
+            raise ValueError(f"block_size (MIC.MASK_BLOCK_SIZE) must be an int >= 1, got {block_size!r}")
         if not (0.0 <= float(ratio) < 1.0):
             raise ValueError(
-                f"ratio must be in [0, 1) (the expected fraction of hidden blocks), got {ratio!r}"
+                f"ratio (MIC.MASK_RATIO) must be in [0, 1) (the expected fraction of hidden blocks), got {ratio!r}"
             )
         self.block_size = int(block_size)
         self.ratio = float(ratio)

@@ -182,3 +182,34 @@ def test_the_built_in_seg_and_cls_configs_start_pretrained_and_switch_to_resnet1
         assert r18.INPUT.CLS.SIZE == 32 and r18.MIC.MASK_BLOCK_SIZE == 8 and r18.MODEL.RESNETS.NORM == "BN"
     else:
         assert r18.MODEL.RESNETS.NORM == "GN" and r18.SOLVER.MAX_ITER == 3000
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("MIC.MASK_RATIO", "1.5", r"MIC.MASK_RATIO must be in \[0, 1\) .*got 1.5"),
+    ("MIC.MASK_BLOCK_SIZE", "0", r"MIC.MASK_BLOCK_SIZE must be an integer >= 1.*got 0"),
+    ("MIC.EMA_ALPHA", "1.2", r"MIC.EMA_ALPHA must be in \[0, 1\].*got 1.2"),
+    ("MIC.MASK_AUG.BLUR_PROB", "-0.1", r"MIC.MASK_AUG.BLUR_PROB must be in \[0, 1\].*got -0.1"),
+    ("MIC.MASK_AUG.COLOR_JITTER_STRENGTH", "0.7", r"MIC.MASK_AUG.COLOR_JITTER_STRENGTH must be in \[0, 0.5\]"),
+    ("MIC.GUARD.WINDOW", "1", r"MIC.GUARD.WINDOW must be an integer >= 2"),
+])
+def test_an_out_of_range_mic_value_is_an_error_naming_its_key(key, value, expected):
+    from mic_det.config_loading import build_config
+
+    with pytest.raises(ValueError, match=expected):
+        build_config(os.path.join(REPO, "configs", "synthetic", "mic.yaml"), [key, value])
+
+
+def test_every_shipped_config_has_mic_values_in_range():
+    from mic_det.config import check_mic_config
+
+    for path in CONFIGS:
+        check_mic_config(_load(path))
+
+
+def test_the_mask_generator_names_the_config_keys_of_its_arguments():
+    from mic_det.masking import BlockMaskGenerator
+
+    with pytest.raises(ValueError, match=r"MIC.MASK_RATIO"):
+        BlockMaskGenerator(32, 1.5)
+    with pytest.raises(ValueError, match=r"MIC.MASK_BLOCK_SIZE"):
+        BlockMaskGenerator(0, 0.5)
