@@ -1,4 +1,5 @@
 """--resume continues from the last state: best checkpoints do not take "last", SIGTERM saves first."""
+import json
 import os
 import signal
 import subprocess
@@ -20,13 +21,21 @@ def test_last_checkpoint_names_the_final_state_not_the_best(tiny_pair, tmp_path)
     )
     assert os.path.isfile(tmp_path / "model_best.pth")
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
-    # Resuming the finished run trains nothing more.
+    metrics = (tmp_path / "metrics.json").read_text()
+    assert max(json.loads(line)["iteration"] for line in metrics.splitlines()) == 4  # the final evaluation
+    final_iteration = torch.load(tmp_path / "model_final.pth", map_location="cpu")["iteration"]
+    # Resuming the finished run (same settings) trains, evaluates and writes nothing more.
     proc = run_train_net(
         ["--config-file", "configs/synthetic/source_only.yaml", "--resume", "SOLVER.MAX_ITER", "4",
-         "SOLVER.STEPS", "()", "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"],
+         "SOLVER.STEPS", "()", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "2",
+         "DATASETS.TEST", "('synthetic_clear_val',)", "TEST.BEST_CHECKPOINT.ENABLED", "True"],
         tmp_path, tiny_pair,
     )
-    assert "model_final.pth" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "model_final.pth" in log and "already finished at iteration 4" in log, log[-3000:]
+    assert (tmp_path / "metrics.json").read_text() == metrics  # no row at iteration 5
+    assert torch.load(tmp_path / "model_final.pth", map_location="cpu")["iteration"] == final_iteration
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
 
 
 def test_sigterm_saves_a_resumable_checkpoint_and_says_where(tiny_pair, tmp_path):

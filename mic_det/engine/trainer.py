@@ -110,7 +110,19 @@ class MICTrainer(DefaultTrainer):
         diverged" and nothing else; the knobs that fix it (the lr, the
         warm-up, gradient clipping, a norm in the FPN) are named here, with
         the values this run used.
+
+        A run resumed after its last step (``--resume`` of a finished run) trains,
+        evaluates and writes nothing: Detectron2 would run the hooks' ``after_train``
+        again one step past the end (a repeated final evaluation, a metrics row and a
+        best checkpoint at iteration ``MAX_ITER + 1``).
         """
+        if self.start_iter >= self.max_iter:
+            logger.info(
+                "This run already finished at iteration %d (SOLVER.MAX_ITER %d): nothing to train. To evaluate "
+                "it: tools/train_net.py --eval-only MODEL.WEIGHTS %s; to train on, raise SOLVER.MAX_ITER.",
+                self.start_iter, self.max_iter, os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth"),
+            )
+            return OrderedDict()
         try:
             return super().train()
         except FloatingPointError as e:
