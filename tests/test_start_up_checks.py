@@ -11,6 +11,7 @@ from mic_det.data.checks import check_test_images, check_training_sets
 from mic_det.data.domains import image_size, register_coco_domain
 from mic_det.segmentation.datasets import register_seg_domain
 
+from .conftest import REPO
 from .test_domains import write_coco
 
 
@@ -79,3 +80,30 @@ def test_a_training_set_without_images_is_named_with_its_key_and_files(tmp_path)
     with pytest.raises(ValueError, match=r"DATASETS.TRAIN_TARGET: dataset 'no_images' has no images \(image_root .*images, "
                                          r"json_file .*empty\.json\)"):
         check_training_sets(cfg)
+
+
+def test_a_task_that_does_not_fit_the_config_and_datasets_is_named_with_the_mismatch(tmp_path):
+    from mic_det.data.checks import check_domain_classes
+
+    json_file, image_root = write_coco(tmp_path)
+    register_coco_domain("boxes_for_seg", json_file, image_root)
+    cfg = build_config(os.path.join(REPO, "configs", "synthetic", "source_only.yaml"), [
+        "DATASETS.TRAIN", "('boxes_for_seg',)", "DATASETS.TEST", "()", "MODEL.TASK", "SegmentationTask"])
+    with pytest.raises(ValueError) as e:
+        check_domain_classes(cfg)
+    message = str(e.value)
+    assert "MODEL.TASK SegmentationTask does not fit" in message and "no stuff_classes" not in message
+    assert "MODEL.META_ARCHITECTURE DomainAdaptiveRCNN is a network of DetectionTask" in message
+    assert "DATASETS.TRAIN: 'boxes_for_seg' is a detection dataset" in message and "MODEL.TASK DetectionTask" in message
+
+    (tmp_path / "seg" / "images").mkdir(parents=True)
+    (tmp_path / "seg" / "labels").mkdir()
+    _noise(tmp_path / "seg" / "images" / "0.jpg")
+    assert cv2.imwrite(str(tmp_path / "seg" / "labels" / "0.png"), np.zeros((30, 40), np.uint8))
+    register_seg_domain("seg_for_rcnn", tmp_path / "seg" / "images", tmp_path / "seg" / "labels", ["road", "car", "sky"])
+    cfg = build_config(os.path.join(REPO, "configs", "synthetic_seg", "source_only.yaml"), [
+        "DATASETS.TRAIN", "('seg_for_rcnn',)", "DATASETS.TEST", "()", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3",
+        "MODEL.META_ARCHITECTURE", "DomainAdaptiveRCNN"])
+    with pytest.raises(ValueError, match=r"MODEL.TASK SegmentationTask does not fit .*\n.*MODEL.META_ARCHITECTURE "
+                                         r"DomainAdaptiveRCNN is a network of DetectionTask"):
+        check_domain_classes(cfg)

@@ -49,6 +49,8 @@ class ClassificationTask(MICTask):
     # reference's classification teacher (never put in eval mode).
     teacher_bn_mode = "train"
     num_classes_keys = ("MODEL.CLASSIFIER.NUM_CLASSES",)  # 0 there = from the training set (data/checks.py)
+    dataset_kind = "classification"
+    meta_architectures = ("MICClassifier",)
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)

@@ -19,8 +19,10 @@ from .domains import image_size, is_labelled
 __all__ = [
     "check_datasets_registered",
     "check_domain_classes",
+    "check_task_fits",
     "check_test_images",
     "check_training_sets",
+    "dataset_kind",
     "dataset_names",
 ]
 
@@ -88,13 +90,90 @@ def _task_class_keys(cfg) -> Tuple[str, Optional[Sequence[str]]]:
     return getattr(task, "classes_metadata_key", "thing_classes"), getattr(task, "num_classes_keys", None)
 
 
+#: What each kind of dataset holds, for the task-mismatch message.
+_KINDS = {
+    "detection": "boxes, thing_classes",
+    "segmentation": "label PNGs, stuff_classes",
+    "classification": "one class per image, thing_classes",
+}
+
+
+def dataset_kind(name: str) -> Optional[str]:
+    """"detection", "segmentation" or "classification" from dataset ``name``'s metadata; None if it does not say.
+
+    Classification sets carry ``task``; segmentation sets ``stuff_classes`` (and
+    evaluator "sem_seg"); detection sets a box evaluator. Unlabelled image
+    folders say nothing and fit every task.
+    """
+    meta = MetadataCatalog.get(name)
+    if meta.get("task") in _KINDS:
+        return meta.get("task")
+    evaluator = meta.get("evaluator_type")
+    if evaluator == "sem_seg" or meta.get("stuff_classes") is not None:
+        return "segmentation"
+    if evaluator in ("coco", "pascal_voc", "lvis"):
+        return "detection"
+    return None
+
+
+def check_task_fits(cfg) -> None:
+    """``MODEL.TASK`` is registered and fits ``MODEL.META_ARCHITECTURE`` and the datasets' kind.
+
+    A task switched without the rest of its config (``MODEL.TASK SegmentationTask``
+    on a detection config) otherwise fails on a symptom (no ``stuff_classes``),
+    or later, inside the model. Each task lists the networks it trains and the
+    kind of dataset it learns from (:class:`~mic_det.engine.task.MICTask`); one
+    ``ValueError`` names every mismatch and the task that fits, if one does.
+    """
+    from ..engine.task import MIC_TASK_REGISTRY  # local: the engine imports mic_det.data
+
+    name = cfg.MODEL.TASK
+    tasks = dict(MIC_TASK_REGISTRY)
+    if name not in tasks:
+        raise KeyError(f"MODEL.TASK {name!r} is not a registered task; registered: {sorted(tasks)}")
+    task, arch = tasks[name], cfg.MODEL.META_ARCHITECTURE
+    problems = []
+    owners = [t for t, cls in sorted(tasks.items()) if arch in getattr(cls, "meta_architectures", ())]
+    if owners and name not in owners:
+        problems.append(
+            f"MODEL.META_ARCHITECTURE {arch} is a network of {' / '.join(owners)} "
+            f"({name} trains {', '.join(task.meta_architectures) or 'other networks'})"
+        )
+    kinds = set()
+    for key, dataset in dataset_names(cfg):
+        kind = dataset_kind(dataset)
+        if kind is not None and task.dataset_kind and kind != task.dataset_kind:
+            kinds.add(kind)
+            problems.append(
+                f"{key}: '{dataset}' is a {kind} dataset ({_KINDS[kind]}); {name} learns from "
+                f"{task.dataset_kind} datasets ({_KINDS.get(task.dataset_kind, task.dataset_kind)})"
+            )
+    if not problems:
+        return
+    fitting = [
+        t for t, cls in sorted(tasks.items())
+        if t != name and (not owners or t in owners) and all(k == getattr(cls, "dataset_kind", "") for k in kinds)
+    ]
+    hint = (
+        f"Set MODEL.TASK {fitting[0]} (the task of this network and these datasets), or start"
+        if len(fitting) == 1 else "Start"
+    )
+    raise ValueError(
+        f"MODEL.TASK {name} does not fit this config:\n  " + "\n  ".join(problems)
+        + f"\n{hint} from a config made for {name} (configs/ holds one per task) and change its datasets."
+    )
+
+
 def check_domain_classes(cfg) -> None:
     """All labelled domains share one class list, and the model predicts that many classes.
 
     Unlabelled target sets (image folders) have no classes and pass, unless
-    they declare ``thing_classes``, which must then agree too.
+    they declare ``thing_classes``, which must then agree too. The dataset
+    names are checked first, then that the task fits the network and the
+    datasets (:func:`check_task_fits`).
     """
     check_datasets_registered(cfg)
+    check_task_fits(cfg)
     class_key, num_keys = _task_class_keys(cfg)
     lists: Dict[str, List[str]] = {}
     for key, name in dataset_names(cfg):

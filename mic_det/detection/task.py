@@ -30,6 +30,8 @@ class DetectionTask(MICTask):
 
     loss_names = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
     pseudo_count_stat = "boxes_per_image"
+    dataset_kind = "detection"
+    meta_architectures = ("DomainAdaptiveRCNN", "GeneralizedRCNN", "RetinaNet", "ProposalNetwork")
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)

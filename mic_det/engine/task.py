@@ -57,6 +57,13 @@ class MICTask:
     #: The teacher's BatchNorm mode for pseudo-labels when ``MIC.TEACHER_BN_MODE`` is "auto":
     #: "eval" (running statistics) or "train" (the target batch's statistics).
     teacher_bn_mode: str = "eval"
+    #: The kind of labelled dataset the task learns from, as :func:`mic_det.data.checks.dataset_kind`
+    #: names it ("detection", "segmentation", "classification"); "" leaves it unchecked.
+    dataset_kind: str = ""
+    #: ``MODEL.META_ARCHITECTURE`` names of the networks the task trains. The start-up check
+    #: (:func:`mic_det.data.checks.check_task_fits`) refuses a network another task lists and this
+    #: one does not; a network no task lists (a user's own) passes.
+    meta_architectures: Tuple[str, ...] = ()
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg

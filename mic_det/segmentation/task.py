@@ -54,6 +54,8 @@ class SegmentationTask(MICTask):
     #: What the start-up class check (mic_det/data/checks.py) compares across domains and with the model.
     classes_metadata_key = "stuff_classes"
     num_classes_keys = ("MODEL.SEM_SEG_HEAD.NUM_CLASSES",)
+    dataset_kind = "segmentation"
+    meta_architectures = ("MICSemanticSegmentor", "SemanticSegmentor")
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
