@@ -83,11 +83,29 @@ def _rising_from_zero(steps=300, hold=300, objects=4.3, seed=0):
 HEALTHY = {"source_accuracy": 0.9, "pseudo_per_image": 1.5, "source_objects_per_image": 4.0}
 
 
-def test_a_healthy_run_is_left_alone():
+@pytest.mark.parametrize("start", [None, 0.0, 0.4])
+def test_a_healthy_run_is_left_alone(start, caplog):
+    """A steady count, and a teacher whose count rises from 0 and from 0.4 to 1.5 per image (4 source
+    objects): finding more of the objects is healthy. A growth check against the raw start (3.5 x 0.4 =
+    1.4 < 1.5) or a ratio against anything under 0.375 source objects per image would fire here."""
     trainer = _Trainer()
-    guard = _guard(trainer, action="stop")
-    _drive(guard, trainer, [HEALTHY] * 60)
-    assert guard.rollbacks == 0 and guard.reference_accuracy == pytest.approx(0.9)
+    guard = _guard(trainer, action="stop")  # the default MAX_PSEUDO_RATIO 3.0 and MAX_PSEUDO_GROWTH 3.5
+    if start is None:
+        signals = [HEALTHY] * 60
+    else:
+        # Burn-in (10 steps), then the rise over 200 steps of adaptation, then 100 steps at 1.5.
+        signals = [dict(HEALTHY, pseudo_per_image=min(1.5, start + (1.5 - start) * max(0, i - 10) / 200))
+                   for i in range(310)]
+        assert signals[10]["pseudo_per_image"] == start and signals[-1]["pseudo_per_image"] == 1.5
+    with caplog.at_level(logging.WARNING, logger="mic_det.engine.collapse_guard"):
+        after = _drive(guard, trainer, signals)
+        guard.after_train()
+    assert guard.rollbacks == 0 and after == [float(i) for i in range(len(signals))]
+    assert guard.reference_accuracy == pytest.approx(0.9)
+    assert "collapsed" not in caplog.text and "guard/rollbacks" not in trainer.storage.histories()
+    assert guard.peak_pseudo == pytest.approx(1.5)  # the death check is armed: it watched the whole rise
+    if start == 0.4:
+        assert guard.growth_armed and guard.reference_pseudo == pytest.approx(0.41, abs=0.01)
 
 
 def test_a_teacher_learning_to_detect_from_zero_is_left_alone(caplog):
@@ -287,3 +305,67 @@ def test_guard_fires_on_a_run_made_to_collapse(source_only_run, tiny_pair, tmp_p
     first = next(i for i, r in enumerate(records) if "guard/rollbacks" in r)
     assert all("guard/rollbacks" in r for r in records[first:])
     assert "rolled back this run 1 time(s)" in log
+
+
+def test_classification_runs_judge_the_checks_that_can_fire_and_say_which(tiny_pair, caplog):
+    """One pseudo-label per image at most: the count checks cannot fire; the guard says so at start."""
+    from mic_det.config_loading import build_config
+    from mic_det.engine.task import build_task
+
+    from .conftest import REPO
+
+    def guard_for(*opts):
+        cfg = build_config(f"{REPO}/configs/synthetic_cls/mic.yaml", ["MODEL.CLASSIFIER.NUM_CLASSES", "3", *opts])
+        guard = CollapseGuard.from_config(cfg, build_task(cfg))
+        guard.trainer = _Trainer()
+        return guard
+
+    guard = guard_for("MIC.PSEUDO_SCORE_THRESH", "0.0")
+    assert guard.checks == ("source_accuracy",)
+    with caplog.at_level(logging.INFO, logger="mic_det.engine.collapse_guard"):
+        guard.before_train()
+    assert "judges: the student's accuracy on the labelled source batch falling (source_accuracy)" in caplog.text
+    assert "Not judged for ClassificationTask: pseudo_ratio (one pseudo-label per image at most" in caplog.text
+    assert "teacher_death (MIC.PSEUDO_SCORE_THRESH 0 keeps every target image" in caplog.text
+    # With a threshold, the share of confident target images is a signal: the teacher losing its confidence.
+    guard = guard_for("MIC.PSEUDO_SCORE_THRESH", "0.9", "MIC.BURN_IN_ITERS", "10", "MIC.GUARD.WINDOW", "5",
+                      "MIC.GUARD.ACTION", "stop")
+    assert guard.checks == ("source_accuracy", "teacher_death")
+    cls = {"source_accuracy": 0.9, "pseudo_per_image": 0.8, "source_objects_per_image": 1.0}
+    with pytest.raises(TrainingCollapsed, match="fell to 0.00 per image, from 0.80"):
+        _drive(guard, guard.trainer, [cls] * 25 + [dict(cls, pseudo_per_image=0.0)] * 10)
+    # Detection judges all four.
+    cfg = build_config(f"{REPO}/configs/synthetic/mic.yaml", ["DATASETS.SYNTHETIC_ROOT", str(tiny_pair)])
+    assert CollapseGuard.from_config(cfg).checks == ("source_accuracy", "pseudo_ratio", "teacher_death",
+                                                     "pseudo_growth")
+
+
+def test_a_run_that_rolled_back_says_so_in_its_summary_and_final_metrics(tiny_pair, tmp_path, monkeypatch, caplog):
+    """A finished run with one rollback: the closing summary (after the final evaluation) says so, and the
+    final evaluation's metrics row carries guard/rollbacks."""
+    from mic_det.engine import MICTrainer
+
+    from .conftest import tiny_cfg
+
+    reason = CollapseGuard._collapse_reason
+
+    def collapse_once_at_iteration_4(self):
+        if self.trainer.iter == 4 and not self.rollbacks:
+            return "a collapse made for the test"
+        return reason(self)
+
+    monkeypatch.setattr(CollapseGuard, "_collapse_reason", collapse_once_at_iteration_4)
+    cfg = tiny_cfg(tiny_pair, "OUTPUT_DIR", str(tmp_path), "MODEL.WEIGHTS", "", "MIC.BURN_IN_ITERS", "0",
+                   "MIC.GUARD.WINDOW", "2", "SOLVER.MAX_ITER", "6", "SOLVER.WARMUP_ITERS", "0",
+                   "TEST.EVAL_PERIOD", "6", "DATASETS.TEST", "('synthetic_foggy_val',)", "TEST.EVAL_MODEL", "student")
+    trainer = MICTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with caplog.at_level(logging.INFO, logger="mic_det"):
+        trainer.train()
+    summary = caplog.text[caplog.text.index("Run summary"):]
+    assert "Final bbox/AP50: student" in summary and "on synthetic_foggy_val" in summary
+    assert "rolled back this run 1 time(s) at iteration(s) 4" in summary
+    assert "multiplied by 0.5 in all" in summary
+    final = read_metrics(tmp_path)[-1]
+    assert final["iteration"] == 6 and "student/synthetic_foggy_val/bbox/AP50" in final
+    assert final["guard/rollbacks"] == 1

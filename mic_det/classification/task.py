@@ -126,3 +126,15 @@ class ClassificationTask(MICTask):
         if acc is not None and acc[1] == storage.iter:
             storage.put_scalar("guard/source_accuracy", acc[0])
         storage.put_scalar("guard/source_objects_per_image", 1.0)
+
+    def guard_checks_off(self) -> Dict[str, str]:
+        """The guard's "pseudo-labels per image" is here the share of target images kept (teacher
+        confidence >= ``MIC.PSEUDO_SCORE_THRESH``), at most 1 against 1 label per source image: it can
+        never exceed 3x the source nor grow 3.5x. It can fall (the teacher losing its confidence) only
+        when the threshold leaves images out."""
+        bounded = "one pseudo-label per image at most, against one label per source image"
+        off = {"pseudo_ratio": bounded, "pseudo_growth": bounded}
+        if self.threshold <= 0:
+            off["teacher_death"] = (f"MIC.PSEUDO_SCORE_THRESH {self.threshold:g} keeps every target image; "
+                                    "above 0 it is judged on the share of confident images")
+        return off

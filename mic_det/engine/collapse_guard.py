@@ -61,6 +61,11 @@ A teacher that never gives any pseudo-label is not a collapse (nothing is
 being learnt from it) but a waste of compute: the guard warns every
 5 x ``WINDOW`` steps while it lasts, with the teacher's top score and the knobs.
 
+Which of these checks mean something depends on the task: a task names the
+ones its signals cannot trigger (:meth:`MICTask.guard_checks_off`, e.g.
+classification's one label per image bounds the count checks), and the guard
+says at the start of training which checks it judges and why the others not.
+
 On a collapse, ``ACTION`` decides: ``rollback`` (default) restores student,
 teacher and optimizer from the last snapshot taken at least one window before
 the collapse was seen, multiplies the learning rate by ``LR_FACTOR`` and goes
@@ -68,9 +73,10 @@ on (after ``MAX_ROLLBACKS`` it stops); ``stop`` raises; ``warn`` only logs.
 Snapshots live in host memory; nothing on disk is touched, so every checkpoint
 written before the collapse stays as it was. A run that rolled back says so:
 ``guard/rollbacks`` (the count so far) is in the event storage at every step
-from the first rollback on, so it reaches ``metrics.json`` and TensorBoard, and
-the end of training logs a warning with the rollbacks and the learning-rate
-factor they applied.
+from the first rollback on, so it reaches ``metrics.json`` and TensorBoard (the
+final evaluation's row included), the end of training logs a warning with the
+rollbacks and the learning-rate factor they applied, and the trainer's closing
+summary (:func:`~mic_det.engine.trainer.run_summary`) repeats it under the final results.
 """
 import copy
 import logging
@@ -85,11 +91,18 @@ from detectron2.utils import comm
 
 from ..teacher import unwrap_model
 
-__all__ = ["CollapseGuard", "TrainingCollapsed", "GUARD_ACTIONS"]
+__all__ = ["CollapseGuard", "TrainingCollapsed", "GUARD_ACTIONS", "GUARD_CHECKS"]
 
 logger = logging.getLogger(__name__)
 
 GUARD_ACTIONS = ("rollback", "stop", "warn")
+#: The checks, by the name a task uses in :meth:`MICTask.guard_checks_off`, and what each judges.
+GUARD_CHECKS = {
+    "source_accuracy": "the student's accuracy on the labelled source batch falling",
+    "pseudo_ratio": "more pseudo-labels per image than MAX_PSEUDO_RATIO x the source's labelled objects",
+    "teacher_death": "the pseudo-labels per image falling under a tenth of their highest level",
+    "pseudo_growth": "the pseudo-labels per image growing past MAX_PSEUDO_GROWTH x their settled start",
+}
 # The teacher counts as dead when its pseudo-labels per image fall under this
 # fraction of the highest window mean they reached in a healthy window.
 DEAD_TEACHER_RATIO = 0.1
@@ -146,11 +159,20 @@ class CollapseGuard(HookBase):
         max_rollbacks: int = 3,
         lr_factor: float = 0.5,
         knobs: str = "",
+        checks_off: Optional[Dict[str, str]] = None,
+        task_name: str = "",
     ):
         if action not in GUARD_ACTIONS:
             raise ValueError(f"MIC.GUARD.ACTION must be one of {GUARD_ACTIONS}, got {action!r}")
         if window < 2:
             raise ValueError(f"MIC.GUARD.WINDOW must be >= 2, got {window}")
+        self.checks_off = dict(checks_off or {})
+        unknown = sorted(set(self.checks_off) - set(GUARD_CHECKS))
+        if unknown:
+            raise ValueError(f"Unknown collapse-guard checks {unknown}; known: {sorted(GUARD_CHECKS)}")
+        #: The checks judged in this run.
+        self.checks = tuple(c for c in GUARD_CHECKS if c not in self.checks_off)
+        self.task_name = task_name
         self.start_iter = start_iter
         self.window = window
         self.min_accuracy_ratio = min_accuracy_ratio
@@ -178,7 +200,12 @@ class CollapseGuard(HookBase):
         self._quiet_until = -1  # no judgement right after a rollback, until a window is refilled
 
     @classmethod
-    def from_config(cls, cfg: CfgNode) -> "CollapseGuard":
+    def from_config(cls, cfg: CfgNode, task=None) -> "CollapseGuard":
+        """The guard of ``MIC.GUARD.*``, judging the checks that apply to ``task`` (default: ``MODEL.TASK``'s)."""
+        if task is None:
+            from .task import build_task
+
+            task = build_task(cfg)
         g = cfg.MIC.GUARD
         knobs = (
             "SOLVER.BASE_LR / SOLVER.STEPS (MIC should fine-tune a converged source model at a lower lr), "
@@ -195,7 +222,18 @@ class CollapseGuard(HookBase):
             max_rollbacks=g.MAX_ROLLBACKS,
             lr_factor=g.LR_FACTOR,
             knobs=knobs,
+            checks_off=task.guard_checks_off(),
+            task_name=type(task).__name__,
         )
+
+    def before_train(self):
+        """Say which checks this run's guard judges, and why the others do not apply to the task."""
+        judged = "; ".join(f"{GUARD_CHECKS[c]} ({c})" for c in self.checks) or "nothing"
+        message = f"Collapse guard (MIC.GUARD, action {self.action}, from iteration {self.start_iter}) judges: {judged}."
+        if self.checks_off:
+            message += f" Not judged for {self.task_name or 'this task'}: " + "; ".join(
+                f"{c} ({why})" for c, why in self.checks_off.items()) + "."
+        logger.info(message)
 
     # ----------------------------------------------------------------- signals
     def _latest(self, name: str) -> Optional[float]:
@@ -207,6 +245,9 @@ class CollapseGuard(HookBase):
 
     def after_step(self):
         self._judge(self.trainer.iter)
+        self._put_rollbacks()
+
+    def _put_rollbacks(self) -> None:
         if self.rollbacks:  # at every step from the first rollback on, so metrics.json says so
             self.trainer.storage.put_scalar("guard/rollbacks", self.rollbacks, smoothing_hint=False)
 
@@ -285,18 +326,20 @@ class CollapseGuard(HookBase):
     def _collapse_reason(self) -> Optional[str]:
         acc = _mean(self._acc)
         best = max(self.reference_accuracy or 0.0, self.peak_accuracy)
-        if best >= MIN_ACCURACY_TO_JUDGE and len(self._acc) == self.window:
+        checks = self.checks
+        if "source_accuracy" in checks and best >= MIN_ACCURACY_TO_JUDGE and len(self._acc) == self.window:
             if acc < self.min_accuracy_ratio * best:
                 return (f"source accuracy {acc:.3f} over the last {self.window} steps, against {best:.3f} "
                         "at its highest since adaptation started")
         pseudo, objects = _mean(self._pseudo), _mean(self._objects)
-        if self._objects and objects > 0 and pseudo > self.max_pseudo_ratio * objects:
+        if "pseudo_ratio" in checks and self._objects and objects > 0 and pseudo > self.max_pseudo_ratio * objects:
             return (f"the teacher gives {pseudo:.1f} pseudo-labels per image, "
                     f"against {objects:.1f} labelled objects per source image")
-        if self.peak_pseudo >= MIN_PSEUDO_FOR_DEATH and pseudo < DEAD_TEACHER_RATIO * self.peak_pseudo:
+        if ("teacher_death" in checks and self.peak_pseudo >= MIN_PSEUDO_FOR_DEATH
+                and pseudo < DEAD_TEACHER_RATIO * self.peak_pseudo):
             return (f"the teacher's pseudo-labels fell to {pseudo:.2f} per image, "
                     f"from {self.peak_pseudo:.2f} at their highest")
-        if self.growth_armed and self.max_pseudo_growth > 0:
+        if "pseudo_growth" in checks and self.growth_armed and self.max_pseudo_growth > 0:
             start = max(self.reference_pseudo, MIN_PSEUDO_FOR_DEATH)
             if pseudo > self.max_pseudo_growth * start:
                 return (f"the teacher's pseudo-labels rose to {pseudo:.2f} per image over the last "
@@ -373,16 +416,22 @@ class CollapseGuard(HookBase):
                 group["initial_lr"] *= self.lr_factor
 
     def after_train(self):
-        """A run that rolled back says so at its end (also when the guard stopped it)."""
+        """A run that rolled back says so at its end (also when the guard stopped it), and in the
+        final evaluation's metrics row (the storage is at the last iteration + 1 by now)."""
         if not self.rollbacks:
             return
+        self._put_rollbacks()
+        logger.warning("%s Knobs: %s.", self.rollback_summary(), self.knobs)
+
+    def rollback_summary(self) -> str:
+        """One sentence on the rollbacks of this run ("" when there were none)."""
+        if not self.rollbacks:
+            return ""
         where = f" at iteration(s) {', '.join(map(str, self.rollback_iters))}" if self.rollback_iters else ""
-        logger.warning(
-            "The collapse guard rolled back this run %d time(s)%s: student, teacher and optimizer were restored "
-            "from before each collapse and the learning rate was multiplied by %g in all. The results are those "
-            "of a rolled-back run at a lower lr (guard/rollbacks in metrics.json). Knobs: %s.",
-            self.rollbacks, where, self.lr_scale, self.knobs,
-        )
+        return (f"The collapse guard rolled back this run {self.rollbacks} time(s){where}: student, teacher and "
+                f"optimizer were restored from before each collapse and the learning rate was multiplied by "
+                f"{self.lr_scale:g} in all. The results are those of a rolled-back run at a lower lr "
+                f"(guard/rollbacks in metrics.json).")
 
     # The rollbacks done so far change the lr for good: keep them in checkpoints.
     def state_dict(self) -> Dict:

@@ -158,6 +158,12 @@ class MICTask:
         on the labelled batch) and ``guard/source_objects_per_image`` in ``storage``, the
         collapse guard's signals. A task without them leaves the guard those checks off."""
 
+    def guard_checks_off(self) -> Dict[str, str]:
+        """The collapse guard's checks (:data:`~mic_det.engine.collapse_guard.GUARD_CHECKS`) this task's
+        signals cannot trigger, each with the reason; the guard skips them and says so at start-up.
+        None by default."""
+        return {}
+
 
 def build_task(cfg: CfgNode) -> MICTask:
     """The task named by ``MODEL.TASK``, with a clear error listing the registered ones."""

@@ -23,7 +23,7 @@ from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
 from .task import build_task
 
-__all__ = ["MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "evaluate_models", "models_to_evaluate", "teacher_student_gap"]
+__all__ = ["MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "run_summary", "evaluate_models", "models_to_evaluate", "teacher_student_gap"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,12 +122,19 @@ class MICTrainer(DefaultTrainer):
                 "it: tools/train_net.py --eval-only MODEL.WEIGHTS %s; to train on, raise SOLVER.MAX_ITER.",
                 self.start_iter, self.max_iter, os.path.join(self.cfg.OUTPUT_DIR, "model_final.pth"),
             )
-            return OrderedDict()
+            return None
         try:
-            return super().train()
+            ret = super().train()
         except FloatingPointError as e:
             lr = max((g["lr"] for g in self.optimizer.param_groups), default=float("nan"))
             raise FloatingPointError(f"{e}\n{divergence_hint(self.cfg, self.iter, lr)}") from e
+        results = getattr(self, "_last_eval_results", None)  # DefaultTrainer returns them only to verify them
+        guard = next((h for h in self._hooks if isinstance(h, CollapseGuard)), None)
+        if comm.is_main_process():
+            rolled_back = guard is not None and guard.rollbacks > 0
+            (logger.warning if rolled_back else logger.info)(
+                "%s", run_summary(self.cfg, results, guard, self.max_iter))
+        return ret
 
     @staticmethod
     def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
@@ -211,7 +218,7 @@ class MICTrainer(DefaultTrainer):
         cfg = self.cfg
         ret = [hooks.IterationTimer(), hooks.LRScheduler()]
         if cfg.MIC.ENABLED and cfg.MIC.GUARD.ENABLED:
-            ret.append(CollapseGuard.from_config(cfg))  # after LRScheduler: a rollback lowers its lr
+            ret.append(CollapseGuard.from_config(cfg, self.task))  # after LRScheduler: a rollback lowers its lr
         if comm.is_main_process():
             ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
         ret.append(SaveOnInterrupt(self.checkpointer))  # every rank: they agree on when to stop
@@ -283,6 +290,27 @@ def warn_if_adaptation_starts_at_full_lr(cfg: CfgNode, scheduler) -> None:
             "entry before the burn-in ends (the shipped configs: lr x0.1 at 75%% of the burn-in).",
             burn_in, 100 * at_start,
         )
+
+
+def run_summary(cfg: CfgNode, results: Optional[Dict], guard: Optional[CollapseGuard], iteration: int) -> str:
+    """The closing lines of a run: the final ``TEST.BEST_CHECKPOINT.METRIC`` of each evaluated
+    model and set, and what the collapse guard did (rollbacks lower the lr for the rest of the run,
+    so results after one are not those of the configured schedule)."""
+    metric = cfg.TEST.BEST_CHECKPOINT.METRIC
+    group, _, name = metric.partition("/")
+    finals = []
+    for tag, per_dataset in (results or {}).items():
+        for dataset, res in (per_dataset or {}).items():
+            value = ((res or {}).get(group) or {}).get(name)
+            if isinstance(value, (int, float)):
+                finals.append(f"{tag} {value:.2f} on {dataset}")
+    lines = [f"Run summary ({cfg.OUTPUT_DIR}): finished at iteration {iteration}."]
+    if finals:
+        lines.append(f"Final {metric}: " + ", ".join(finals) + ".")
+    if guard is not None:
+        lines.append(guard.rollback_summary() or
+                     f"Collapse guard: no collapse (judged: {', '.join(guard.checks) or 'nothing'}).")
+    return "\n".join(lines)
 
 
 def divergence_hint(cfg: CfgNode, iteration: int, lr: float) -> str:
