@@ -229,7 +229,8 @@ class CollapseGuard(HookBase):
     def before_train(self):
         """Say which checks this run's guard judges, and why the others do not apply to the task."""
         judged = "; ".join(f"{GUARD_CHECKS[c]} ({c})" for c in self.checks) or "nothing"
-        message = f"Collapse guard (MIC.GUARD, action {self.action}, from iteration {self.start_iter}) judges: {judged}."
+        message = (f"Collapse guard (MIC.GUARD, action {self.action}, from iteration {self.start_iter}) "
+                   f"judges: {judged}.")
         if self.checks_off:
             message += f" Not judged for {self.task_name or 'this task'}: " + "; ".join(
                 f"{c} ({why})" for c, why in self.checks_off.items()) + "."

@@ -23,7 +23,10 @@ from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
 from .task import build_task
 
-__all__ = ["MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "run_summary", "evaluate_models", "models_to_evaluate", "teacher_student_gap"]
+__all__ = [
+    "MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "evaluate_models", "models_to_evaluate",
+    "run_summary", "teacher_student_gap",
+]
 
 logger = logging.getLogger(__name__)
 
