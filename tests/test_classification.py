@@ -330,3 +330,13 @@ def test_the_task_benchmark_runs_the_night_shift_from_the_fog_benchmarks_source_
         bench.source_model(bench.task_bench("cls", shift), 0, 10, [], str(tmp_path), None)
     assert commands[0] == commands[1]  # the same config and output folder: one source model for both shifts
     assert f"{REPO}/configs/synthetic_cls/source_only.yaml" in commands[0]
+
+
+def test_image_folder_configs_select_the_checkpoint_on_source_val():
+    """Model selection on the labelled target val set would be oracle selection in UDA."""
+    for name in ("mic.yaml", "mic_cpu.yaml"):
+        cfg = build_config(f"{REPO}/configs/image_folder_cls/{name}", [])
+        best = cfg.TEST.BEST_CHECKPOINT
+        selected = best.DATASET or cfg.DATASETS.TEST[0]
+        assert best.ENABLED and selected == "cls_source_val" and selected in cfg.DATASETS.TEST, name
+        assert "cls_target_val" in cfg.DATASETS.TEST, name  # still reported

@@ -168,11 +168,13 @@ def test_an_image_folder_pair_trains_with_flags_alone(tmp_path):
     src = _write_tree(tmp_path / "src", n=12, seed=1)
     tgt = _write_tree(tmp_path / "tgt", n=8, dim=0.6, seed=2, flat=True)  # unlabelled, darker, no class folders
     val = _write_tree(tmp_path / "val", n=5, dim=0.6, seed=3)
+    src_val = _write_tree(tmp_path / "src_val", n=3, seed=4)
     out = tmp_path / "run"
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"),
            "--config-file", "configs/image_folder_cls/mic_cpu.yaml",
            "--register-class-folder", "cls_source", str(src), "--register-folder", "cls_target", str(tgt),
            "--register-class-folder", "cls_target_val", str(val),
+           "--register-class-folder", "cls_source_val", str(src_val),  # model_best is selected on it
            # 16 px inputs (4 px mask blocks), batches of 8: 10 source + 10 MIC steps.
            "INPUT.CLS.SIZE", "16", "INPUT.CLS.RESIZE", "18", "MIC.MASK_BLOCK_SIZE", "4",
            "SOLVER.MAX_ITER", "20", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "0", "SOLVER.IMS_PER_BATCH", "8",
