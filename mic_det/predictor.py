@@ -10,6 +10,11 @@ is that predictor with a choice of the two, built from the training config::
                           model="teacher")
     outputs = predictor(cv2.imread("image.png"))  # BGR; outputs["instances"] as Detectron2's
 
+The datasets a run registered with ``--register-*`` / ``--domains`` are
+registered again from the run's record (``OUTPUT_DIR/datasets.yaml``, or the
+checkpoint; :mod:`mic_det.data.run_record`), so the class names and json
+category ids are the run's without repeating any flag.
+
 The helpers below are shared by ``tools/predict.py``, ``tools/export_model.py``
 and ``tools/extract_teacher.py``.
 """
@@ -19,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
@@ -28,6 +33,8 @@ from detectron2.structures import Instances
 from . import data as _data  # noqa: F401  (registers the built-in datasets)
 from . import detection as _detection  # noqa: F401  (registers DomainAdaptiveRCNN and its heads)
 from .config_loading import build_config
+from .data.checks import dataset_names
+from .data.run_record import restore_run_datasets
 from .detection.evaluator import ensure_class_metadata
 from .teacher import teacher_weights_from_checkpoint
 
@@ -91,7 +98,11 @@ def predictor_config(
     score_thresh: Optional[float] = None,
     opts: Sequence[str] = (),
 ) -> CfgNode:
-    """The config to predict with: a config file (or a CfgNode) + overrides + weights + threshold."""
+    """The config to predict with: a config file (or a CfgNode) + overrides + weights + threshold.
+
+    Registers the datasets of the run the config or the weights belong to (its record), unless
+    registered already.
+    """
     if isinstance(config, CfgNode):
         from .config_loading import merge_config
 
@@ -100,6 +111,8 @@ def predictor_config(
         cfg = build_config(config, list(opts))
     if cfg.DATASETS.SYNTHETIC_ROOT:
         _data.register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
+    restore_run_datasets(None if isinstance(config, CfgNode) else config, weights,
+                         needed=[name for _, name in dataset_names(cfg)])
     cfg.MODEL.WEIGHTS = weights
     if score_thresh is not None:
         # Detectron2's demo sets every head's threshold the same way.
@@ -113,15 +126,23 @@ def predictor_config(
 def class_metadata(cfg: CfgNode) -> Metadata:
     """Metadata with the class names: ``DATASETS.TEST[0]``'s, else ``DATASETS.TRAIN[0]``'s.
 
-    The dataset is loaded (once) when that is the only way to learn its json
-    category ids, so that results can carry them as Detectron2's evaluator
-    writes them; if it cannot be loaded (not on this machine), results keep
-    the contiguous ids 0..K-1 and a warning says so.
+    A run's record (:func:`predictor_config` registers it) holds the names
+    and json category ids. Without one, the dataset is loaded (once) when that
+    is the only way to learn its json category ids, so that results carry them
+    as Detectron2's evaluator writes them; if it is not registered or cannot
+    be loaded, results keep the contiguous ids 0..K-1 and a warning says so.
     """
     names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
     if not names:
         return MetadataCatalog.get("__unused")
     name = names[0]
+    if name not in DatasetCatalog.list():
+        logger.warning(
+            "Dataset '%s' is not registered and no run record names it (OUTPUT_DIR/datasets.yaml, written by "
+            "tools/train_net.py): class names are unknown and category_id in the results are the model's "
+            "contiguous ids 0..K-1. Register it (--register-coco / --domains) for the json's ids.", name,
+        )
+        return MetadataCatalog.get(name)
     try:
         ensure_class_metadata(name)
     except (OSError, ValueError, KeyError) as e:

@@ -46,7 +46,8 @@ def test_predict_cli_draws_and_writes_coco_results_of_the_teacher(mic_checkpoint
     with open(out / "coco_instances_results.json") as f:
         results = json.load(f)
     assert {r["file_name"] for r in results} == {str(images / "a.png"), str(images / "sub" / "b.png")}
-    assert {r["image_id"] for r in results} == {"a.png", os.path.join("sub", "b.png")}
+    ids = {r["file_name"]: r["image_id"] for r in results}  # integers, one per image, as COCO's loadRes needs
+    assert sorted(ids.values()) == [1, 2] and len({r["image_id"] for r in results}) == 2
     # The teacher's raised "car" logit: every kept detection is a car, under the json's id for car.
     assert {r["category_id"] for r in results} == {_category_ids(tiny_pair)["car"]}
     assert min(r["score"] for r in results) >= 0.5
@@ -61,7 +62,7 @@ def test_predict_cli_draws_and_writes_coco_results_of_the_teacher(mic_checkpoint
     teacher = Predictor(config, weights, model="teacher", score_thresh=0.5)
     instances = teacher(cv2.imread(str(images / "a.png")))["instances"]
     boxes = instances.pred_boxes.tensor.numpy()
-    from_json = np.array([r["bbox"] for r in results if r["image_id"] == "a.png"])
+    from_json = np.array([r["bbox"] for r in results if r["file_name"] == str(images / "a.png")])
     assert len(from_json) == len(boxes) > 0
     np.testing.assert_allclose(from_json[:, :2], boxes[:, :2], atol=1e-3)
     np.testing.assert_allclose(from_json[:, 2:], boxes[:, 2:] - boxes[:, :2], atol=1e-3)
@@ -106,8 +107,50 @@ def test_predict_video_and_glob(predict_tool, mic_checkpoint, tiny_pair, tmp_pat
     assert count == 3 and (out / "x.png").is_file()
     with open(out / "coco_instances_results.json") as f:
         results = json.load(f)
-    assert {r["frame"] for r in results if r["file_name"] == str(video)} == {0, 1, 2}
-    assert any(r["image_id"] == "x.png" for r in results)
+    frames = {r["frame"]: r["image_id"] for r in results if r["file_name"] == str(video)}
+    assert set(frames) == {0, 1, 2} and len(set(frames.values())) == 3  # an id per frame
+    assert any(r["file_name"] == str(tmp_path / "in" / "x.png") for r in results)
+
+
+def test_equal_file_names_in_two_inputs_keep_their_drawings_and_ids(predict_tool, mic_checkpoint, tiny_pair,
+                                                                    tmp_path):
+    config, weights = mic_checkpoint
+    image = cv2.imread(str(tiny_pair / "target_val" / "000000.png"))
+    for cam, size in (("cam1", (160, 128)), ("cam2", (120, 96))):  # told apart by their sizes
+        (tmp_path / cam).mkdir()
+        cv2.imwrite(str(tmp_path / cam / "a.png"), cv2.resize(image, size))
+    out = tmp_path / "out"
+    assert predict_tool.main(["--config-file", config, "--weights", weights, "--model", "teacher", "--input",
+                              str(tmp_path / "cam1"), str(tmp_path / "cam2"), "--output", str(out)]) == 0
+    for cam in ("cam1", "cam2"):  # each drawn on its own image
+        assert cv2.imread(str(out / cam / "a.png")).shape == cv2.imread(str(tmp_path / cam / "a.png")).shape
+    with open(out / "coco_instances_results.json") as f:
+        results = json.load(f)
+    ids = {r["file_name"]: r["image_id"] for r in results}
+    assert set(ids) == {str(tmp_path / "cam1" / "a.png"), str(tmp_path / "cam2" / "a.png")}
+    assert len(set(ids.values())) == 2
+
+
+def test_coco_json_ids_are_matched_by_path_then_base_name(predict_tool, tmp_path):
+    images = [{"id": 7, "file_name": "cam1/a.png"}, {"id": 9, "file_name": "cam2/a.png"},
+              {"id": 11, "file_name": "b.png"}]
+    root = tmp_path / "root"
+    paths = [str(root / "cam1" / "a.png"), str(root / "cam2" / "a.png"), str(tmp_path / "copy" / "b.png"),
+             str(tmp_path / "flat" / "c.png")]
+    assert predict_tool.match_coco_images(paths, images, "gt.json") == {paths[0]: 7, paths[1]: 9, paths[2]: 11}
+    with pytest.raises(ValueError, match="could be any of its images cam1/a.png, cam2/a.png"):
+        predict_tool.match_coco_images([str(tmp_path / "flat" / "a.png")], images, "gt.json")
+    with pytest.raises(ValueError, match="both match its image b.png"):
+        predict_tool.match_coco_images([str(tmp_path / "x" / "b.png"), str(tmp_path / "y" / "b.png")], images,
+                                       "gt.json")
+
+
+def test_coco_ap_of_the_labels_themselves_is_100(predict_tool, tiny_pair):
+    data = predict_tool.load_coco_json(str(tiny_pair / "annotations" / "target_val.json"))
+    perfect = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+               for a in data["annotations"]]
+    ap = predict_tool.coco_ap(data, perfect, [img["id"] for img in data["images"]])
+    assert ap["AP"] == pytest.approx(100.0) and ap["AP50"] == pytest.approx(100.0)
 
 
 def test_predict_errors_are_one_clear_line(predict_tool, mic_checkpoint, tiny_pair, tmp_path):

@@ -12,7 +12,8 @@ size. The exported model therefore takes and returns::
              scores (N,), the input's (H, W))
 
 (``export_info.json`` next to the files repeats this, with the class names and
-why a format was skipped.)
+why a format was skipped; the names are the run's, from its record
+``OUTPUT_DIR/datasets.yaml``, with no ``--register-*`` flag repeated.)
 Both files are checked after writing: the saved TorchScript model (and the
 ONNX model, with onnxruntime if installed) must give the eager model's boxes
 on the sample image.
@@ -39,7 +40,7 @@ from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
 
-from mic_det.data.cli import add_domain_arguments, register_domains_from_args
+from mic_det.data.cli import add_domain_arguments, parse_args, register_domains_from_args
 from mic_det.predictor import class_metadata, load_detector, predictor_config
 from mic_det.user_errors import exit_on_input_error
 
@@ -56,6 +57,11 @@ def sample_input(cfg, image_path: Optional[str]) -> torch.Tensor:
     if image_path is None:
         if not cfg.DATASETS.TEST:
             raise ValueError("give --sample-image: the config has no DATASETS.TEST to take one from")
+        if cfg.DATASETS.TEST[0] not in DatasetCatalog.list():
+            raise ValueError(
+                f"DATASETS.TEST[0] '{cfg.DATASETS.TEST[0]}' is not registered and no run record names it: give "
+                "--sample-image, or register it (--register-coco / --domains)"
+            )
         image_path = DatasetCatalog.get(cfg.DATASETS.TEST[0])[0]["file_name"]
     if not os.path.isfile(image_path):
         raise FileNotFoundError(f"--sample-image {image_path} does not exist")
@@ -209,7 +215,7 @@ def run(args: argparse.Namespace) -> Dict[str, str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logger(name="mic_det")
     with exit_on_input_error(args.debug):
         run(args)

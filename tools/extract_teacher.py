@@ -10,7 +10,10 @@ file any Detectron2 code loads as the model, with ``MODEL.WEIGHTS OUT``, by
     python tools/extract_teacher.py output/synthetic/mic/model_final.pth teacher.pth
 
 OUT holds ``{"model": teacher state dict, "iteration": N}`` (the iteration
-of the checkpoint, for evaluation reports).
+of the checkpoint, for evaluation reports) and, when the checkpoint has it,
+the run's record of its datasets (``"datasets"``: class names and json
+category ids; :mod:`mic_det.data.run_record`), so ``mic_det.Predictor`` and
+the tools given OUT alone know the run's classes.
 """
 import argparse
 import os
@@ -19,6 +22,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from mic_det.data.run_record import CHECKPOINT_KEY
 from mic_det.teacher import teacher_weights_from_checkpoint
 from mic_det.user_errors import exit_on_input_error
 
@@ -39,8 +43,9 @@ def extract_teacher(checkpoint_path: str, output_path: str, overwrite: bool = Fa
     except KeyError as e:
         raise KeyError(f"{checkpoint_path}: {e.args[0]}") from None
     out = {"model": weights}
-    if "iteration" in checkpoint:
-        out["iteration"] = checkpoint["iteration"]
+    for key in ("iteration", CHECKPOINT_KEY):
+        if key in checkpoint:
+            out[key] = checkpoint[key]
     os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     torch.save(out, output_path)
     return out

@@ -7,7 +7,8 @@
 Prints, per candidate delta, the pseudo-boxes per target image, the share of
 images with at least one, and their mean score, next to the labelled objects
 per source image; then the proposal (see :mod:`mic_det.detection.threshold`)
-and the config line to use it. A source-only checkpoint works too
+and the config line to use it. A run's own datasets come from its record
+(``OUTPUT_DIR/datasets.yaml``); ``--register-*`` flags are for other configs. A source-only checkpoint works too
 (``--model student``): it is the teacher MIC would start from.
 """
 import argparse
@@ -20,7 +21,8 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 from tabulate import tabulate
 
-from mic_det.data.cli import add_domain_arguments, register_domains_from_args
+from mic_det.data.checks import check_datasets_registered
+from mic_det.data.cli import add_domain_arguments, parse_args, register_domains_from_args
 from mic_det.detection.threshold import DEFAULT_GRID, propose_delta, score_table
 from mic_det.engine import build_task
 from mic_det.predictor import Predictor
@@ -58,11 +60,12 @@ def teacher_scores(predictor: Predictor, num_images: int):
 
 
 def main(argv=None) -> float:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     setup_logger(name="mic_det")
     register_domains_from_args(args)
     predictor = Predictor(args.config_file, args.weights, args.model, score_thresh=0.05, opts=args.opts)
     cfg = predictor.cfg
+    check_datasets_registered(cfg)  # the run's record registered its own; else a clear error
     scores = teacher_scores(predictor, args.num_images)
     source = DatasetCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else []
     objects = sum(sum(not a.get("iscrowd", 0) for a in d.get("annotations", [])) for d in source) / max(len(source), 1)

@@ -7,6 +7,7 @@ Detectron2's usual flags, plus registration of user domains:
     python tools/train_net.py --config-file configs/synthetic/mic.yaml --resume
     python tools/train_net.py --config-file configs/synthetic/mic.yaml --eval-only \\
         MODEL.WEIGHTS output/synthetic_mic/model_final.pth TEST.EVAL_MODEL teacher
+    python tools/train_net.py --config-file output/synthetic_mic/config.yaml --eval-only --resume
     python tools/train_net.py --config-file my.yaml \\
         --register-coco src_train src.json src_images --register-folder tgt_train tgt_images
     python tools/train_net.py --config-file configs/synthetic/mic.yaml --num-gpus 2
@@ -15,6 +16,12 @@ Detectron2's usual flags, plus registration of user domains:
         --register-seg src_train src/images src/labels road,car,sky --register-folder tgt_train tgt/images \\
         DATASETS.TRAIN "('src_train',)" DATASETS.TRAIN_TARGET "('tgt_train',)" DATASETS.TEST "()" \\
         MODEL.SEM_SEG_HEAD.NUM_CLASSES 3
+
+Domain flags may also follow the ``KEY VALUE`` overrides. A run records its
+registered domains in ``OUTPUT_DIR/datasets.yaml`` and its checkpoints
+(:mod:`mic_det.data.run_record`): given ``OUTPUT_DIR/config.yaml`` (or its
+weights with ``--eval-only``), no flag needs repeating. ``--eval-only
+--resume`` evaluates ``OUTPUT_DIR/last_checkpoint``.
 """
 import logging
 import os
@@ -28,8 +35,15 @@ from detectron2.utils.logger import setup_logger
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
 from mic_det.classification import register_synthetic_crops
 from mic_det.config_loading import build_config
-from mic_det.data.checks import check_domain_classes, check_test_images, check_training_sets
-from mic_det.data.cli import add_domain_arguments, register_domains_from_args
+from mic_det.data.checks import check_domain_classes, check_test_images, check_training_sets, dataset_names
+from mic_det.data.cli import add_domain_arguments, parse_args, register_domains_from_args
+from mic_det.data.run_record import (
+    CHECKPOINT_KEY,
+    RecordCheckpointable,
+    recorded_domains,
+    restore_run_datasets,
+    write_run_record,
+)
 from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
 from mic_det.engine.checkpoint_hooks import TrainingInterrupted
@@ -53,6 +67,27 @@ def refuse_to_overwrite(cfg):
         )
 
 
+def eval_only_weights(cfg, resume: bool) -> str:
+    """The checkpoint ``--eval-only`` evaluates: with ``--resume``, OUTPUT_DIR's ``last_checkpoint``
+    (as Detectron2's ``resume_or_load``), else ``MODEL.WEIGHTS``."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if resume and os.path.isfile(last):
+        with open(last) as f:
+            return os.path.join(cfg.OUTPUT_DIR, f.read().strip())
+    if resume and not cfg.MODEL.WEIGHTS:
+        raise FileNotFoundError(
+            f"--eval-only --resume: {last} does not exist (OUTPUT_DIR {cfg.OUTPUT_DIR} holds no run); "
+            "give the run's config, or MODEL.WEIGHTS"
+        )
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError(
+            "--eval-only needs the checkpoint to evaluate: MODEL.WEIGHTS is empty (add MODEL.WEIGHTS "
+            "OUTPUT_DIR/model_final.pth, or --resume for OUTPUT_DIR's last checkpoint); without it a "
+            "random model is evaluated"
+        )
+    return cfg.MODEL.WEIGHTS
+
+
 def setup(args):
     """Config from file + overrides, user domains registered, then validated.
 
@@ -64,13 +99,10 @@ def setup(args):
     cfg = build_config(args.config_file, args.opts)
     if args.eval_model:
         cfg.TEST.EVAL_MODEL = args.eval_model
+    if args.eval_only:
+        cfg.MODEL.WEIGHTS = eval_only_weights(cfg, args.resume)
     cfg.freeze()
     if args.eval_only:
-        if not cfg.MODEL.WEIGHTS:
-            raise ValueError(
-                "--eval-only needs the checkpoint to evaluate: MODEL.WEIGHTS is empty "
-                "(add MODEL.WEIGHTS OUTPUT_DIR/model_final.pth); without it a random model is evaluated"
-            )
         check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
     if cfg.DATASETS.SYNTHETIC_ROOT:
         register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
@@ -79,14 +111,23 @@ def setup(args):
     if cfg.SEG.SYNTHETIC_ROOT:
         register_synthetic_seg_pair(cfg.SEG.SYNTHETIC_ROOT)
     register_domains_from_args(args)
+    # The datasets of the run whose config (or, to evaluate, weights) this is; flags given here win.
+    restore_run_datasets(args.config_file, cfg.MODEL.WEIGHTS if args.eval_only else None,
+                         needed=[name for _, name in dataset_names(cfg)])
     if not args.eval_only and not args.resume:
         refuse_to_overwrite(cfg)  # before default_setup writes config.yaml there
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mic_det", abbrev_name="mic")
+    if args.eval_only:
+        logger.info("Evaluating %s", cfg.MODEL.WEIGHTS)
     check_domain_classes(cfg)  # checks the names are registered first
     if not args.eval_only:
         check_training_sets(cfg)  # e.g. an empty target folder, found before the model is built
     check_test_images(cfg)
+    if comm.is_main_process():
+        record = write_run_record(cfg.OUTPUT_DIR)  # after the checks loaded the classes and ids
+        if record:
+            logger.info("Recorded the registered datasets in %s", record)
     return cfg
 
 
@@ -118,6 +159,9 @@ def main(args):
     if args.eval_only:
         return eval_only(cfg)
     trainer = MICTrainer(cfg)
+    entries = recorded_domains()
+    if entries:  # every checkpoint names its datasets, classes and category ids
+        trainer.checkpointer.add_checkpointable(CHECKPOINT_KEY, RecordCheckpointable(entries))
     trainer.resume_or_load(resume=args.resume)
     try:
         return trainer.train()
@@ -143,7 +187,7 @@ def build_parser():
 
 
 def cli(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     print("Command Line Args:", args)
     with exit_on_input_error(args.debug):
         return launch(

@@ -28,33 +28,63 @@ A domains YAML is a list of mappings, or a mapping from name to mapping::
       stuff_classes: [road, car, sky]
       ignore_value: 255          # optional
 
+Any entry may also hold ``metadata``: the class names and json category ids
+a run saw (``thing_classes``, ``thing_dataset_id_to_contiguous_id``,
+``stuff_classes``), set on the dataset's metadata at registration. A run's
+``OUTPUT_DIR/datasets.yaml`` (:mod:`mic_det.data.run_record`) is such a file;
+unlike the ``thing_classes`` key above, ``metadata`` never drops categories.
+
 Paths are checked when registering, so a typo fails at start-up naming the
 path; a key the format does not know is an error naming the file and the key
 (a misspelt ``image_root`` would otherwise be silently ignored).
+
+The flags may stand anywhere on a tool's command line, also after the
+``KEY VALUE`` config overrides (:func:`parse_args`).
 """
 
 import argparse
 import os
-from typing import Any, Dict, List, Optional
+import sys
+from typing import Any, Dict, List, Optional, Sequence
 
-from .domains import register_coco_domain, register_image_folder
+from detectron2.data import DatasetCatalog
+
+from .domains import register_coco_domain, register_image_folder, set_metadata
 
 __all__ = [
     "add_domain_arguments",
+    "parse_args",
     "register_domains_from_args",
     "load_domains_yaml",
     "register_domain",
+    "registered_domains",
+    "normalise_domains",
     "parse_classes",
 ]
 
+#: Metadata keys an entry's ``metadata`` may set.
+METADATA_KEYS = ("thing_classes", "thing_dataset_id_to_contiguous_id", "stuff_classes")
+
+# name -> (normalised spec without metadata, the loader it registered): what register_domain registered.
+_REGISTERED: Dict[str, Any] = {}
+
 _KEYS = {
-    "coco": {"name", "type", "json", "image_root", "thing_classes"},
-    "folder": {"name", "type", "image_dir", "thing_classes"},
-    "class_folder": {"name", "type", "image_dir", "thing_classes"},  # only with an explicit type
-    "seg": {"name", "type", "image_dir", "label_dir", "stuff_classes", "ignore_value"},
+    "coco": {"name", "type", "json", "image_root", "thing_classes", "metadata"},
+    "folder": {"name", "type", "image_dir", "thing_classes", "metadata"},
+    "class_folder": {"name", "type", "image_dir", "thing_classes", "metadata"},  # only with an explicit type
+    "seg": {"name", "type", "image_dir", "label_dir", "stuff_classes", "ignore_value", "metadata"},
+}
+# The flags add_domain_arguments adds, with their number of values.
+_FLAG_NARGS = {
+    "--register-coco": 3,
+    "--register-folder": 2,
+    "--register-class-folder": 2,
+    "--register-seg": 4,
+    "--seg-ignore-value": 1,
+    "--domains": 1,
 }
 # Keys that are not paths (the others are resolved relative to the YAML's folder).
-_NOT_PATHS = {"name", "type", "thing_classes", "stuff_classes", "ignore_value"}
+_NOT_PATHS = {"name", "type", "thing_classes", "stuff_classes", "ignore_value", "metadata"}
 
 
 def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +136,43 @@ def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
         help="YAML file listing domains {name, type: coco|folder, json, image_root | image_dir, "
         "thing_classes}; paths relative to the file (repeatable)",
     )
+
+
+def _hoist_domain_flags(argv: Sequence[str]) -> List[str]:
+    """``argv`` with every domain flag and its values moved to the front, in their order.
+
+    The tools end their command line with the config overrides, an
+    ``argparse.REMAINDER`` that swallows whatever follows it; a domain flag
+    written after an override would become a config key.
+    """
+    flags: List[str] = []
+    rest: List[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.split("=", 1)[0]
+        if name in _FLAG_NARGS and "=" in token and _FLAG_NARGS[name] == 1:
+            flags.append(token)
+            i += 1
+        elif token in _FLAG_NARGS and i + _FLAG_NARGS[token] < len(argv):
+            n = _FLAG_NARGS[token]
+            flags.extend(argv[i : i + n + 1])
+            i += n + 1
+        else:
+            rest.append(token)
+            i += 1
+    return flags + rest
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with the domain flags accepted anywhere (default argv: ``sys.argv[1:]``).
+
+    For parsers given :func:`add_domain_arguments`; ``--register-coco a b c``
+    after ``KEY VALUE`` overrides (or after ``--opts``) is then a flag, not
+    three more overrides.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return parser.parse_args(_hoist_domain_flags(argv))
 
 
 def _resolve(path: Any, base: str) -> str:
@@ -165,6 +232,8 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
         raise _spec_error(
             source, name, f"thing_classes must be a non-empty list of names, got {classes!r}"
         )
+    if "metadata" in spec:
+        spec["metadata"] = _check_metadata(spec["metadata"], source, name)
     if kind == "seg":
         stuff = spec.get("stuff_classes")
         if not isinstance(stuff, list) or not stuff or not all(isinstance(c, str) for c in stuff):
@@ -172,6 +241,39 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
         if not isinstance(spec.get("ignore_value", 255), int):
             raise _spec_error(source, name, f"ignore_value must be an integer, got {spec['ignore_value']!r}")
     return spec
+
+
+def _check_metadata(meta: Any, source: str, name: str) -> Dict[str, Any]:
+    """An entry's ``metadata``: known keys only, class lists of names, an int -> int id map."""
+    if not isinstance(meta, dict) or not set(meta) <= set(METADATA_KEYS):
+        raise _spec_error(source, name, f"metadata must be a mapping with keys among {list(METADATA_KEYS)}, "
+                                        f"got {meta!r}")
+    out = dict(meta)
+    for key in ("thing_classes", "stuff_classes"):
+        if key in out and (not isinstance(out[key], list) or not all(isinstance(c, str) for c in out[key])):
+            raise _spec_error(source, name, f"metadata {key} must be a list of names, got {out[key]!r}")
+    if "thing_dataset_id_to_contiguous_id" in out:
+        ids = out["thing_dataset_id_to_contiguous_id"]
+        if not isinstance(ids, dict) or not all(isinstance(k, int) and isinstance(v, int) for k, v in ids.items()):
+            raise _spec_error(source, name, "metadata thing_dataset_id_to_contiguous_id must map json "
+                                            f"category ids to class indices (int: int), got {ids!r}")
+    return out
+
+
+def normalise_domains(data: Any, source: str, base: str) -> List[Dict[str, Any]]:
+    """Check a list of domains (or a mapping name -> domain) as read from ``source``; paths relative to ``base``."""
+    if isinstance(data, list):
+        specs = [_normalise(e, source, base) for e in data]
+    elif isinstance(data, dict):
+        specs = [_normalise(e, source, base, name=str(n)) for n, e in data.items()]
+    else:
+        raise ValueError(
+            f"Domains file {source} must hold a list of domains or a mapping name -> domain, "
+            f"got {type(data).__name__}."
+        )
+    if not specs:
+        raise ValueError(f"Domains file {source} lists no domains.")
+    return specs
 
 
 def parse_classes(text: str, flag: str = "--register-seg") -> List[str]:
@@ -199,19 +301,7 @@ def load_domains_yaml(path: str) -> List[Dict[str, Any]]:
             data = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise ValueError(f"Domains file {path} is not valid YAML:\n{e}") from None
-    base = os.path.dirname(os.path.abspath(path))
-    if isinstance(data, list):
-        specs = [_normalise(e, path, base) for e in data]
-    elif isinstance(data, dict):
-        specs = [_normalise(e, path, base, name=str(n)) for n, e in data.items()]
-    else:
-        raise ValueError(
-            f"Domains file {path} must hold a list of domains or a mapping name -> domain, "
-            f"got {type(data).__name__}."
-        )
-    if not specs:
-        raise ValueError(f"Domains file {path} lists no domains.")
-    return specs
+    return normalise_domains(data, path, os.path.dirname(os.path.abspath(path)))
 
 
 def _check_path(spec: Dict[str, Any], key: str, source: str, want_dir: bool) -> None:
@@ -235,7 +325,11 @@ def _check_paths(spec: Dict[str, Any], source: str) -> None:
 
 
 def register_domain(spec: Dict[str, Any], source: str = "") -> str:
-    """Register one normalised domain spec, after checking its paths exist."""
+    """Register one normalised domain spec, after checking its paths exist.
+
+    The spec is remembered (:func:`registered_domains`), so a run can record
+    what it was trained on.
+    """
     _check_paths(spec, source)
     meta = {"thing_classes": spec["thing_classes"]} if spec.get("thing_classes") else None
     if spec["type"] == "coco":
@@ -251,7 +345,21 @@ def register_domain(spec: Dict[str, Any], source: str = "") -> str:
                             ignore_value=spec.get("ignore_value", 255))
     else:
         register_image_folder(spec["name"], spec["image_dir"], metadata=meta)
+    if spec.get("metadata"):
+        set_metadata(spec["name"], **spec["metadata"])
+    plain = {k: v for k, v in spec.items() if k != "metadata"}
+    _REGISTERED[spec["name"]] = (plain, DatasetCatalog[spec["name"]])
     return spec["name"]
+
+
+def registered_domains() -> Dict[str, Dict[str, Any]]:
+    """``name -> spec`` (without ``metadata``) of every domain :func:`register_domain` registered in this
+    process and that is still registered that way (not replaced since by other code), in order."""
+    return {
+        name: dict(spec)
+        for name, (spec, loader) in _REGISTERED.items()
+        if name in DatasetCatalog.list() and DatasetCatalog[name] is loader
+    }
 
 
 def register_domains_from_args(args: argparse.Namespace) -> List[str]:
