@@ -81,6 +81,50 @@ def test_classmix_pastes_the_chosen_source_classes_with_weight_one():
         assert len(chosen) == 3 and IGNORE not in chosen
 
 
+def _seg_task(*opts):
+    from mic_det.segmentation.task import SegmentationTask
+
+    return SegmentationTask(build_config(os.path.join(REPO, "configs", "synthetic_seg", "mic.yaml"), list(opts)))
+
+
+def _flat_pair(n_source, n_target):
+    """Source images of value 200 (classes 1 and 2, half each), target images of value 10 + i (pseudo-label 5)."""
+    source = [{"image": torch.full((3, 4, 6), 200.0), "sem_seg": torch.tensor([[1, 1, 1, 2, 2, 2]] * 4)}
+              for _ in range(n_source)]
+    target = [{"image": torch.full((3, 4, 6), 10.0 + i)} for i in range(n_target)]
+    pseudo = [{"sem_seg": torch.full((4, 6), 5), WEIGHT_KEY: torch.full((4, 6), 0.5)} for _ in range(n_target)]
+    return source, target, pseudo
+
+
+def test_classmix_keeps_every_target_image_when_the_batches_differ():
+    """Two source images, four target images: each target image is mixed (sources reused in turn)."""
+    task = _seg_task("SEG.MIX_AUGMENT", "False")
+    source, target, pseudo = _flat_pair(2, 4)
+    mixed = task.mixed_inputs(source, target, pseudo)
+    assert len(mixed) == 4
+    for i, m in enumerate(mixed):
+        # One of the source's two classes is pasted; target image i shows, with its pseudo-label, elsewhere.
+        target_pixels = m["image"][0][m["sem_seg"] == 5]
+        assert target_pixels.numel() == 12 and bool((target_pixels == 10.0 + i).all()), i
+        assert bool((m["image"][0][m["sem_seg"] != 5] == 200.0).all()) and m[WEIGHT_KEY].max() == 1.0
+
+
+def test_dacs_mix_augmentation_does_not_depend_on_the_masked_views():
+    """SEG.MIX_AUGMENT jitters and blurs the mixed image whether or not MIC.MASK_AUG.ENABLED
+    augments the masked view (its probabilities and strengths are shared)."""
+    always = ["MIC.MASK_AUG.COLOR_JITTER_PROB", "1.0", "MIC.MASK_AUG.BLUR_PROB", "1.0"]
+    source, target, pseudo = _flat_pair(2, 2)
+    for enabled in ("True", "False"):
+        task = _seg_task("MIC.MASK_AUG.ENABLED", enabled, "SEG.CLASSMIX", "False", *always)
+        torch.manual_seed(0)
+        mixed = task.mixed_inputs(source, target, pseudo)
+        assert task.mix_augmentation is not None, enabled
+        assert not torch.equal(mixed[0]["image"], target[0]["image"]), enabled  # jittered
+    task = _seg_task("SEG.MIX_AUGMENT", "False", "SEG.CLASSMIX", "False", *always)
+    assert task.mix_augmentation is None
+    assert torch.equal(task.mixed_inputs(source, target, pseudo)[0]["image"], target[0]["image"])
+
+
 def test_weighted_cross_entropy_against_a_hand_computation():
     torch.manual_seed(1)
     logits = torch.randn(1, 3, 2, 2)

@@ -28,7 +28,8 @@ def add_segmentation_config(cfg: CN) -> CN:
     # labels mixed with the pseudo-label). False: plain self-training on the unmixed
     # target view (an ablation).
     _C.SEG.CLASSMIX = True
-    # Colour jitter + blur (MIC.MASK_AUG's settings) on the mixed image, as DACS does.
+    # Colour jitter + blur on the mixed image, as DACS does: MIC.MASK_AUG's probabilities
+    # and strengths, whether or not MIC.MASK_AUG.ENABLED augments the masked view.
     _C.SEG.MIX_AUGMENT = True
     # Weight of the self-training (ClassMix) loss.
     _C.SEG.SELF_TRAINING_WEIGHT = 1.0

@@ -7,8 +7,8 @@ Per MIC step (the engine's :class:`~mic_det.engine.MICStep` calls these):
 2. :meth:`pseudo_label`: teacher (EMA, ramped alpha with ``MIC.EMA_RAMP``) argmax on
    the unmasked target, quality weight q = share of pixels with max probability
    >= ``SEG.PSEUDO_THRESHOLD`` over the batch;
-3. :meth:`self_training_losses`: DACS's ClassMix of source and target, colour-jittered
-   and blurred, learnt with weight 1 on source pixels and q on target pixels
+3. :meth:`self_training_losses`: DACS's ClassMix of source and target (one mixed image
+   per target image), colour-jittered and blurred (``SEG.MIX_AUGMENT``), learnt with weight 1 on source pixels and q on target pixels
    (``loss_sem_seg_mix``);
 4. the engine's masked view (jitter, blur, block mask) learnt against the same
    pseudo-label with the same q (``loss_sem_seg_mic`` x ``MIC.LOSS_WEIGHT``).
@@ -63,9 +63,9 @@ class SegmentationTask(MICTask):
         self.threshold = seg.PSEUDO_THRESHOLD
         self.ignore_top, self.ignore_bottom = seg.PSEUDO_IGNORE_TOP, seg.PSEUDO_IGNORE_BOTTOM
         self.min_share = seg.MIN_CLASS_SHARE
-        self.mix_augmentation = None
-        if seg.MIX_AUGMENT and cfg.MIC.MASK_AUG.ENABLED:
-            self.mix_augmentation = MaskAugmentation.from_config(cfg)
+        # DACS's own augmentation of the mixed image: with MIC.MASK_AUG's probabilities and
+        # strengths, whether or not MIC.MASK_AUG.ENABLED augments the masked view too.
+        self.mix_augmentation = MaskAugmentation.from_config(cfg) if seg.MIX_AUGMENT else None
 
     # ------------------------------------------------------------------ data
     def build_train_mapper(self, cfg: CfgNode, labelled: bool) -> SegDatasetMapper:
@@ -117,9 +117,16 @@ class SegmentationTask(MICTask):
 
     # ---------------------------------------------------- DACS self-training
     def mixed_inputs(self, source: List[Dict], target: List[Dict], pseudo: Sequence[Dict]) -> List[Dict]:
-        """ClassMix pairs (or, with ``SEG.CLASSMIX`` off, the plain target view) in pixel space."""
+        """ClassMix pairs (or, with ``SEG.CLASSMIX`` off, the plain target view) in pixel space.
+
+        One mixed image per target image: target image i takes its pasted classes from source
+        image i modulo the source batch, so a target batch larger than the source batch
+        (``DATALOADER.TARGET_IMS_PER_BATCH``) loses none of its images.
+        """
         if self.cfg.SEG.CLASSMIX:
-            mixed = [class_mix(s, t, p)[0] for s, t, p in zip(source, target, pseudo)]
+            if not source:
+                raise ValueError("SEG.CLASSMIX mixes source classes into the target images: no source batch given")
+            mixed = [class_mix(source[i % len(source)], t, p)[0] for i, (t, p) in enumerate(zip(target, pseudo))]
         else:
             mixed = [{"image": t["image"].float(), "sem_seg": p["sem_seg"], WEIGHT_KEY: p[WEIGHT_KEY]}
                      for t, p in zip(target, pseudo)]
