@@ -94,22 +94,31 @@ def test_alpha_one_keeps_teacher_and_alpha_zero_copies_student():
     _assert_states_equal(_state(teacher.model), _state(student))
 
 
-def test_update_uses_foreach_kernels(monkeypatch):
-    calls = []
-    original = torch._foreach_add_
-
-    def spy(*args, **kwargs):
-        calls.append(len(args[0]))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "_foreach_add_", spy)
+def test_update_is_the_ema_of_every_floating_tensor_across_steps_and_dtypes():
+    """Every floating parameter and buffer (float32, float64, BatchNorm statistics) follows
+    t <- a t + (1 - a) s over several steps with changing alpha, against a float64 reference."""
     student = _tiny()
+    student.register_buffer("scale64", torch.linspace(-1.0, 1.0, 5, dtype=torch.float64))
+    student.register_parameter("bias64", nn.Parameter(torch.zeros(3, dtype=torch.float64)))
     teacher = EMATeacher(student)
-    teacher.update(student, 0.5)
-    # One batched call for all float tensors (6 params + 2 BatchNorm running stats),
-    # not a Python loop of per-tensor kernels.
-    num_float = sum(1 for v in teacher.model.state_dict().values() if v.is_floating_point())
-    assert calls == [num_float]
+    expected = {k: v.double().clone() for k, v in teacher.model.state_dict().items() if v.is_floating_point()}
+    assert len(expected) == 10  # 6 Linear/BN params, 2 BN statistics, 2 float64 tensors
+    for step, alpha in enumerate((0.9, 0.5, 0.99, 0.7)):
+        _train_steps(student, steps=1, seed=step)
+        with torch.no_grad():  # the float64 tensors move too
+            student.scale64.add_(0.25 * (step + 1))
+            student.bias64.sub_(0.5)
+        teacher.update(student, alpha)
+        s = student.state_dict()
+        for k in expected:
+            expected[k] = alpha * expected[k] + (1 - alpha) * s[k].double()
+        t = teacher.model.state_dict()
+        for k, v in expected.items():
+            assert t[k].dtype == s[k].dtype, k
+            torch.testing.assert_close(t[k].double(), v, rtol=1e-5, atol=1e-6, msg=f"{k} at step {step}")
+        assert torch.equal(t["1.num_batches_tracked"], s["1.num_batches_tracked"])  # copied, not averaged
+    # The teacher is neither the student nor its start: it averaged.
+    assert not torch.equal(teacher.model.state_dict()["bias64"], student.bias64.detach())
 
 
 def test_reset_copies_student_exactly():
