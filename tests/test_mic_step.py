@@ -64,19 +64,30 @@ def test_masked_source_adds_its_own_losses(tiny_pair, tmp_path):
 
 
 def test_teacher_boxes_are_in_the_student_input_frame(tiny_pair, tmp_path):
-    """Pseudo-boxes come from the teacher on the same resized view, unscaled."""
-    trainer = _trainer(tiny_pair, tmp_path, "MIC.PSEUDO_SCORE_THRESH", "0.0", "INPUT.MIN_SIZE_TRAIN", "(192,)")
+    """Pseudo-boxes are the teacher's boxes on the same resized view, unscaled: scaled to the original
+    image (the view is half its size) they are Detectron2's post-processed detections."""
+    trainer = _trainer(tiny_pair, tmp_path, "MIC.PSEUDO_SCORE_THRESH", "0.0", "INPUT.MIN_SIZE_TRAIN", "(64,)",
+                       "INPUT.MAX_SIZE_TRAIN", "128")
     step = trainer._trainer
     target = next(iter(step.target_loader))
     with EventStorage(0):
         pseudo = step.pseudo_label(target)
-    for x, p in zip(target, pseudo):
+    with torch.no_grad():
+        original_frame = step.teacher.model(target)  # eval mode: detections rescaled to (height, width)
+    compared = 0
+    for x, p, post in zip(target, pseudo, original_frame):
         h, w = x["image"].shape[-2:]
-        assert (h, w) != (x["height"], x["width"])  # the view is resized
+        sy, sx = x["height"] / h, x["width"] / w
+        assert (sy, sx) == (2.0, 2.0)  # the view is resized
         assert p.image_size == (h, w)
-        if len(p):
-            boxes = p.gt_boxes.tensor
-            assert boxes[:, 2].max() <= w and boxes[:, 3].max() <= h
+        boxes, post_boxes = p.gt_boxes.tensor, post["instances"].pred_boxes.tensor
+        scale = boxes.new_tensor([sx, sy, sx, sy])
+        for box in boxes:
+            # Scaled by 2 it is one of the post-processed detections; a box already in the original
+            # frame would be scaled to twice its size and match none of them.
+            assert (post_boxes - box * scale).abs().max(dim=1).values.min() < 1e-3, box
+            compared += 1
+    assert compared > 0  # some teacher boxes were checked
 
 
 def test_source_only_step_is_detectron2s(tiny_pair, tmp_path):
