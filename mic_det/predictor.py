@@ -112,7 +112,7 @@ def predictor_config(
     if cfg.DATASETS.SYNTHETIC_ROOT:
         _data.register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
     restore_run_datasets(None if isinstance(config, CfgNode) else config, weights,
-                         needed=[name for _, name in dataset_names(cfg)])
+                         needed=[name for _, name in dataset_names(cfg)], classes_only=True)
     cfg.MODEL.WEIGHTS = weights
     if score_thresh is not None:
         # Detectron2's demo sets every head's threshold the same way.
@@ -137,6 +137,8 @@ def class_metadata(cfg: CfgNode) -> Metadata:
         return MetadataCatalog.get("__unused")
     name = names[0]
     if name not in DatasetCatalog.list():
+        if MetadataCatalog.get(name).get("thing_classes"):  # from a run record whose data has moved
+            return MetadataCatalog.get(name)
         logger.warning(
             "Dataset '%s' is not registered and no run record names it (OUTPUT_DIR/datasets.yaml, written by "
             "tools/train_net.py): class names are unknown and category_id in the results are the model's "

@@ -221,3 +221,24 @@ def test_eval_only_resume_without_a_run_is_a_clear_error(tmp_path):
         _tool("train_net").eval_only_weights(cfg, resume=True)
     (tmp_path / "last_checkpoint").write_text("model_0000009.pth")
     assert _tool("train_net").eval_only_weights(cfg, resume=True) == str(tmp_path / "model_0000009.pth")
+
+
+def test_prediction_needs_only_the_recorded_classes_when_the_training_data_has_moved(tmp_path):
+    from mic_det.data.run_record import restore_run_datasets
+    from mic_det.predictor import class_metadata
+
+    gone = tmp_path / "moved_away"
+    _record(tmp_path, [{"name": "rr_moved", "type": "coco", "json": str(gone / "val.json"),
+                        "image_root": str(gone), "metadata": {"thing_classes": ["fire", "smoke"],
+                                                              "thing_dataset_id_to_contiguous_id": {1: 0, 2: 1}}}])
+    with pytest.raises(FileNotFoundError):  # training and evaluation need the data
+        restore_run_datasets(str(tmp_path / "config.yaml"))
+    assert restore_run_datasets(str(tmp_path / "config.yaml"), classes_only=True) == []
+    assert "rr_moved" not in DatasetCatalog.list()
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.DATASETS.TEST, cfg.DATASETS.TRAIN = ("rr_moved",), ()
+    meta = class_metadata(cfg)
+    assert list(meta.thing_classes) == ["fire", "smoke"]
+    assert meta.thing_dataset_id_to_contiguous_id == {1: 0, 2: 1}

@@ -170,7 +170,10 @@ def _check_recorded_paths(spec: Dict[str, Any], where: str) -> None:
 
 
 def restore_run_datasets(
-    config_file: Optional[str] = None, weights: Optional[str] = None, needed: Optional[Sequence[str]] = None
+    config_file: Optional[str] = None,
+    weights: Optional[str] = None,
+    needed: Optional[Sequence[str]] = None,
+    classes_only: bool = False,
 ) -> List[str]:
     """Register the datasets a run recorded (see :func:`find_run_record`); returns the names registered.
 
@@ -179,6 +182,10 @@ def restore_run_datasets(
     wins and a warning says so. Every recorded path is checked before
     anything is registered. With ``needed`` (the config's dataset names), the
     checkpoint is only read when one of them is not registered yet.
+
+    ``classes_only`` is for tools that read no dataset (prediction, export): a
+    dataset whose recorded files are gone then gets only its recorded class
+    names and ids (``MetadataCatalog``), with a warning, instead of an error.
     """
     registered = set(DatasetCatalog.list())
     read_checkpoint = needed is None or not set(needed) <= registered
@@ -197,7 +204,14 @@ def restore_run_datasets(
                     name, known[name], where, {k: v for k, v in spec.items() if k != "metadata"},
                 )
             continue
-        _check_recorded_paths(spec, where)
+        try:
+            _check_recorded_paths(spec, where)
+        except FileNotFoundError as e:
+            if not (classes_only and spec.get("metadata")):
+                raise
+            MetadataCatalog.get(name).set(**spec["metadata"])
+            logger.warning("%s Only its recorded class names and ids are used.", e)
+            continue
         todo.append(spec)
     names = [register_domain(spec, where) for spec in todo]
     if names:
