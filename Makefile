@@ -3,7 +3,8 @@
 #   make demo       built-in clear -> foggy pair: one source model, then MIC and its matched
 #                   control from it, 1000 + 500 steps (seed 0 of make bench-accuracy; DEMO_ARGS adds
 #                   flags and overrides, e.g. "--shift night")
-#   make test       the test suite
+#   make test       the test suite (what CI runs)
+#   make test-fast  its unit tier: no subprocess, no training run (pytest -m "not slow")
 #   make bench      both benchmarks (accuracy, speed); see BENCHMARKS.md
 #   make bench-accuracy   detection (BENCH_ARGS), then segmentation and classification (TASK_BENCH_ARGS);
 #                   make bench-seg / bench-cls run one task alone
@@ -29,7 +30,7 @@ PYTHON310 := $(shell \
       p="$$(pyenv root)/versions/$$v/bin/python3.10"; [ -x "$$p" ] && { echo "$$p"; break; }; done; \
   fi)
 
-.PHONY: all env demo test bench bench-accuracy bench-seg bench-cls bench-speed bench-gpu data clean-env
+.PHONY: all env demo test test-fast bench bench-accuracy bench-seg bench-cls bench-speed bench-gpu data clean-env
 
 all: env
 env: $(STAMP)
@@ -59,6 +60,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: bench-accuracy bench-speed
 

@@ -113,3 +113,14 @@ def mic_checkpoint(tiny_pair, tmp_path_factory):
     config = out / "config.yaml"
     config.write_text(cfg.dump())
     return str(config), str(out / "model_final.pth")
+
+
+# Fixtures that write a dataset or train a model: a test that uses one is in the slow tier.
+SLOW_FIXTURES = {"tiny_pair", "source_only_run", "mic_checkpoint"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a slow fixture ``slow`` (the fast tier is ``pytest -m "not slow"``)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -307,6 +307,7 @@ def test_the_gpu_check_runs_its_cpu_path_and_reports_finite_mic_losses(tiny_pair
     assert "| step s (median of 2, after 1 warm-up) |" in proc.stdout and "| loss_cls_mic" in proc.stdout
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_the_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
     out = tmp_path / "gpu_check.json"
     proc = _gpu_check(["--out", str(out)], env={"CUDA_VISIBLE_DEVICES": ""})

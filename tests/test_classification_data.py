@@ -160,6 +160,7 @@ def test_builtin_night_crops_are_the_foggy_crops_objects_at_night(tmp_path, capl
     assert json.load(open(tmp_path / "info.json"))["crops"]["foggy_train"] == len(foggy)  # the pair is unchanged
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_an_image_folder_pair_trains_with_flags_alone(tmp_path):
     """tools/train_net.py + --register-class-folder / --register-folder on a tiny colour pair: MIC steps, learning."""
     import subprocess

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import REPO
 
 
@@ -43,6 +45,7 @@ def test_segmentation_and_classification_runs_plot_their_metric_by_default(tmp_p
     assert set(evals["top1"]["cls_val"]) == {"student", "teacher"}
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_missing_metrics_file_is_one_line(tmp_path):
     missing = tmp_path / "run" / "metrics.json"
     proc = subprocess.run(

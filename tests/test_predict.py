@@ -177,6 +177,7 @@ def test_predict_errors_are_one_clear_line(predict_tool, mic_checkpoint, tiny_pa
     assert "inside --input" in msg
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_one_import_for_a_notebook():
     code = (
         "import mic_det; "

@@ -223,6 +223,7 @@ def test_quality_edge_cases_and_frame_check():
 
 
 # ------------------------------------------------------------------- no compiled ops
+@pytest.mark.slow  # a subprocess or a training run
 def test_core_modules_do_not_need_detectron2_compiled_ops():
     """masking, teacher and pseudo_labels import and run with detectron2._C unavailable."""
     code = textwrap.dedent("""

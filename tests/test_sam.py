@@ -240,6 +240,7 @@ def test_mic_step_under_ddp_with_a_parameter_the_first_pass_leaves_unused(one_pr
 
 
 # ------------------------------------------------------------------ train_net
+@pytest.mark.slow  # a subprocess or a training run
 def test_mic_sdat_config_trains_a_few_steps(tmp_path):
     """tools/train_net.py --config-file configs/synthetic_cls/mic_sdat.yaml on a tiny class-folder pair."""
     src = _write_tree(tmp_path / "src", n=4, seed=1)

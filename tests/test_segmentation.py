@@ -173,6 +173,7 @@ SEG_TINY = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "MIC.M
             "SOLVER.WARMUP_ITERS", "10"]
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_mic_config_trains_on_flag_domains_and_learns_then_evaluates(seg_pair, tmp_path):
     """configs/synthetic_seg/mic.yaml through tools/train_net.py on domains given by flags alone
     (the tiny pair's folders): source steps, then ClassMix + masked steps; then --eval-only."""

@@ -154,6 +154,7 @@ def test_rcs_class_statistics_are_cached_and_reused_without_reading_labels(tmp_p
         build_rcs_sampler(_cfg(out), stale)
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_rcs_source_only_config_trains_with_train_net(tmp_path):
     """configs/synthetic_seg/source_only.yaml with SEG.RCS.ENABLED True: 3 steps, the log line, the cache."""
     root = tmp_path / "pair"

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.config import get_cfg
@@ -75,6 +76,7 @@ def _pair(tmp_path) -> str:
     return root
 
 
+@pytest.mark.slow  # a subprocess or a training run
 def test_detection_behind_the_task_interface_gives_the_recorded_losses(tmp_path):
     with open(REFERENCE) as f:
         reference = json.load(f)
