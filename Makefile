@@ -56,7 +56,7 @@ data: $(STAMP)
 	$(PY) tools/make_synthetic.py
 
 demo: $(STAMP)
-	$(PY) benchmarks/adaptation.py --demo $(DEMO_ARGS)
+	$(PY) -m benchmarks.adaptation --demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15 tests
@@ -67,21 +67,21 @@ test-fast: $(STAMP)
 bench: bench-accuracy bench-speed
 
 bench-accuracy: $(STAMP)
-	$(PY) benchmarks/adaptation.py --jobs $(BENCH_JOBS) $(BENCH_ARGS)
-	$(PY) benchmarks/task_adaptation.py --task seg --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
-	$(PY) benchmarks/task_adaptation.py --task cls --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
+	$(PY) -m benchmarks.adaptation --jobs $(BENCH_JOBS) $(BENCH_ARGS)
+	$(PY) -m benchmarks.task_adaptation --task seg --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
+	$(PY) -m benchmarks.task_adaptation --task cls --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
 
 bench-seg: $(STAMP)
-	$(PY) benchmarks/task_adaptation.py --task seg --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
+	$(PY) -m benchmarks.task_adaptation --task seg --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
 
 bench-cls: $(STAMP)
-	$(PY) benchmarks/task_adaptation.py --task cls --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
+	$(PY) -m benchmarks.task_adaptation --task cls --jobs $(BENCH_JOBS) $(TASK_BENCH_ARGS)
 
 bench-speed: $(STAMP)
-	$(PY) benchmarks/speed.py $(BENCH_ARGS)
+	$(PY) -m benchmarks.speed $(BENCH_ARGS)
 
 bench-gpu: $(STAMP)
-	$(PY) benchmarks/gpu_check.py $(GPU_ARGS)
+	$(PY) -m benchmarks.gpu_check $(GPU_ARGS)
 
 clean-env:
 	rm -rf $(VENV)

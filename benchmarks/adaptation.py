@@ -25,12 +25,12 @@ So a method's gain is "what its K steps add over K more source steps", paired
 per seed (same source model), and the report gives it with its paired std.
 Nothing is selected on target val: every run is evaluated once, at its end.
 
-Commands
---------
+Commands (from the repository root)
+-----------------------------------
     make bench-accuracy                            # 3 seeds, fog: control, mic, mic_sada, sada, oracle
     make bench-accuracy BENCH_ARGS=--quick         # 1 seed, fog: control, mic, oracle
-    python benchmarks/adaptation.py --shift night --seeds 0,1,2 --methods control,mic
-    python benchmarks/adaptation.py --quick --jobs 2 INPUT.MIN_SIZE_TRAIN "(192,)"   # overrides reach every run
+    python -m benchmarks.adaptation --shift night --seeds 0,1,2 --methods control,mic
+    python -m benchmarks.adaptation --quick --jobs 2 INPUT.MIN_SIZE_TRAIN "(192,)"   # overrides reach every run
 
 Finished runs are skipped and interrupted ones resume from their last
 checkpoint, so re-running a command continues it.
@@ -46,87 +46,30 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_report import (class_table, logged_training_seconds, main_table, pseudo_table, time_table,  # noqa: E402
-                          to_json, verdict_lines)
-from bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere,  # noqa: E402
-                        read_run, run_identity, source_overrides, start_run_folder)
-from bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts  # noqa: E402
-from run_progress import progress_line, where_line  # noqa: E402
+from .bench_report import (class_table, logged_training_seconds, main_table, pseudo_table, time_table, to_json,
+                           verdict_lines)
+from .bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere, read_run,
+                         run_identity, source_overrides, start_run_folder)
+from .bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts
+from .protocol import METHODS, SHIFTS, Budget
+from .run_progress import progress_line, where_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRESS_SECONDS = 30.0  # between progress lines of a run (--progress-every; 0: none)
-# The built-in shifts: config folder and target val set.
-SHIFTS = {
-    "fog": ("configs/synthetic", "synthetic_foggy_val"),
-    "night": ("configs/synthetic_night", "synthetic_night_val"),
-}
 RESERVED_KEYS = {
     "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "DATASETS.TEST", "SEED",
     "OUTPUT_DIR", "MIC.BURN_IN_ITERS", "UDA.START_ITER", "MODEL.WEIGHTS",
 }
 METRICS = ("target_AP50", "target_AP", "source_AP50", "source_AP")
 KEY_METRIC = "target_AP50"
-
-
-@dataclass(frozen=True)
-class Method:
-    label: str
-    config: str  # file name inside the shift's config folder
-    mic: bool = False  # has a teacher and pseudo-labels
-    # A step's time over a source-only step's, roughly as measured (docs/benchmarks_archive.md).
-    # Only orders the runs: the longest start first, so that the last one left is a short one.
-    step_cost: float = 1.0
-
-
-METHODS: Dict[str, Method] = {
-    "control": Method("control (source-only continued)", "source_only.yaml"),
-    "mic": Method("MIC", "mic.yaml", mic=True, step_cost=2.0),
-    "mic_sada": Method("MIC+SADA", "mic_sada.yaml", mic=True, step_cost=2.8),
-    "sada": Method("SADA", "sada.yaml", step_cost=1.3),
-    "oracle": Method("oracle (target labels)", "oracle.yaml"),
-    "minimal_mic": Method("minimal MIC loop (sanity)", "mic.yaml", mic=True, step_cost=1.8),
-}
 LABELS = {k: m.label for k, m in METHODS.items()}
 FULL = dict(seeds="0,1,2", methods="control,mic,mic_sada,sada,oracle")
 # `make demo` and `--quick`: one seed of the full benchmark's own budget, so the 3-seed record of
 # `make bench-accuracy` is the spread a one-seed run is read against.
 QUICK = dict(seeds="0", methods="control,mic,oracle")
 DEMO = dict(seeds="0", methods="control,mic")
-
-
-@dataclass
-class Budget:
-    shift: str
-    source_iters: int
-    adapt_iters: int
-    seeds: List[int]
-    methods: List[str]
-    overrides: List[str]
-    eval_period: int = 0
-
-    @property
-    def total(self) -> int:
-        return self.source_iters + self.adapt_iters
-
-    @property
-    def lr_step(self) -> int:
-        """The source schedule ends (lr x0.1) at 75% of its steps, before adaptation starts."""
-        return int(0.75 * self.source_iters)
-
-    @property
-    def checkpoint(self) -> str:
-        return f"model_{self.source_iters - 1:07d}.pth"
-
-    def config(self, method: str) -> str:
-        return os.path.join(SHIFTS[self.shift][0], METHODS[method].config)
-
-    @property
-    def target_val(self) -> str:
-        return SHIFTS[self.shift][1]
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Budget]:
@@ -307,7 +250,7 @@ def adapt_command(method: str, seed: int, out: str, budget: Budget, source_dir: 
         opts += ["MIC.LOG_PSEUDO_LABEL_QUALITY", "True"]
     opts += budget.overrides
     if method == "minimal_mic":
-        return [sys.executable, "benchmarks/minimal_mic.py", "--config-file", budget.config(method),
+        return [sys.executable, "-m", "benchmarks.minimal_mic", "--config-file", budget.config(method),
                 "--weights", os.path.join(source_dir, budget.checkpoint)] + opts
     return [sys.executable, "tools/train_net.py", "--config-file", budget.config(method), "--resume"] + opts
 

@@ -6,17 +6,13 @@ read back only from the files Detectron2 and mic_det write (``metrics.json``,
 from, so a report can be rebuilt from folders alone and a folder of another
 budget is never taken for this one.
 """
-from __future__ import annotations
-
 import json
 import os
 import shutil
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import Dict, List, Optional
 
-from bench_stats import mean_std
-
-if TYPE_CHECKING:  # the budget is the protocol's (adaptation.py), which imports this module
-    from adaptation import Budget
+from .bench_stats import mean_std
+from .protocol import Budget
 
 SOURCE_VAL = "synthetic_clear_val"
 

@@ -10,7 +10,7 @@ part on its own, for the size of a Foggy Cityscapes val run
 
 Example::
 
-    OMP_NUM_THREADS=1 python benchmarks/eval_speed.py --output eval_speed.json
+    OMP_NUM_THREADS=1 python -m benchmarks.eval_speed --output eval_speed.json
 """
 
 import argparse

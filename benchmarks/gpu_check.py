@@ -22,9 +22,9 @@ the pseudo-boxes per image over the last 50 steps) and writes it as JSON to
 minutes on one GPU (an estimate: it was written on a machine without one).
 Without CUDA it prints one line and exits 0.
 
-    python benchmarks/gpu_check.py                                   # one GPU, ~300 steps
-    python benchmarks/gpu_check.py --weights /data/R-50.pkl --size 600
-    python benchmarks/gpu_check.py --device cpu --iters 3 --size 128 \\
+    python -m benchmarks.gpu_check                                   # one GPU, ~300 steps (from the repository root)
+    python -m benchmarks.gpu_check --weights /data/R-50.pkl --size 600
+    python -m benchmarks.gpu_check --device cpu --iters 3 --size 128 \\
         --out /tmp/gpu_check.json DATALOADER.NUM_WORKERS 0           # the CPU path (tests)
 
 Trailing ``KEY VALUE`` pairs override the config last. From random weights
@@ -46,8 +46,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from speed import REPO, _cpu_model, run_steps  # noqa: E402
+from .speed import REPO, _cpu_model, run_steps
 
 CONFIG = "configs/cityscapes_foggy/mic_R50_FPN.yaml"
 LAST = 50  # the MIC losses and pseudo-boxes are averaged over this many final steps

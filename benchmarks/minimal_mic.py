@@ -9,7 +9,7 @@ colour), and the masked student's classification + objectness losses times
 the mean teacher score of the image batch. mic_det's full implementation must
 at least match it from the same source checkpoint.
 
-    python benchmarks/minimal_mic.py --config-file configs/synthetic/mic.yaml \\
+    python -m benchmarks.minimal_mic --config-file configs/synthetic/mic.yaml \\
         --weights <source>/model_0001999.pth OUTPUT_DIR out SOLVER.MAX_ITER 3000 MIC.BURN_IN_ITERS 2000 ...
 
 Runs ``SOLVER.MAX_ITER - MIC.BURN_IN_ITERS`` steps at the schedule's lr at the

@@ -18,16 +18,14 @@ free label box of its class with IoU >= 0.5 (see
 
 Example::
 
-    python benchmarks/pseudo_label_sweep.py --config-file configs/synthetic/mic.yaml \\
+    python -m benchmarks.pseudo_label_sweep --config-file configs/synthetic/mic.yaml \\
         --weights output/demo/source_only/model_0000799.pth --dataset synthetic_foggy_train
 """
 import argparse
 import json
 import os
-import sys
 from typing import Dict, List, Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_THRESHOLDS = "0.3,0.4,0.5,0.6,0.7,0.8,0.9"
 
 
@@ -128,5 +126,4 @@ def main(argv=None) -> List[Dict]:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, REPO)
     main()

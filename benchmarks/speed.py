@@ -21,7 +21,7 @@ e.g. the demo's source-only model); without it the pseudo-label threshold is
 set to 0 so every target image is pseudo-labelled (an upper bound); the
 segmentation rows always use threshold 0 for the same reason.
 
-    python benchmarks/speed.py --output benchmarks/results/speed.json \\
+    python -m benchmarks.speed --output benchmarks/results/speed.json \\
         --weights output/demo/source_only/model_final.pth
 """
 import argparse
@@ -159,7 +159,7 @@ def main():
     for method in args.methods.split(","):
         out = os.path.join(REPO, args.tmp, f"{method}.json")
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", method, "--worker-json", out,
+        cmd = [sys.executable, "-m", "benchmarks.speed", "--worker", method, "--worker-json", out,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--infer-images", str(args.infer_images),
                "--tmp", args.tmp] + (["--weights", args.weights] if args.weights else []) + args.opts
         print("+", " ".join(cmd), flush=True)
@@ -168,7 +168,7 @@ def main():
             results.append(json.load(f))
 
     eval_json = os.path.join(REPO, args.tmp, "eval_speed.json")
-    subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "eval_speed.py"), "--output", eval_json],
+    subprocess.run([sys.executable, "-m", "benchmarks.eval_speed", "--output", eval_json],
                    check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     with open(eval_json) as f:
         eval_speed = json.load(f)

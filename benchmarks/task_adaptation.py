@@ -27,9 +27,9 @@ Step times are the median ``time`` of ``metrics.json`` over each run's
 adaptation phase; they are comparable only between runs that shared the
 machine alike (``--jobs 2`` runs two at once, one thread each).
 
-    python benchmarks/task_adaptation.py --task cls --jobs 2
-    python benchmarks/task_adaptation.py --task cls --shift night --jobs 2
-    python benchmarks/task_adaptation.py --task seg --seeds 0 --methods control,mic --source-iters 200 --adapt-iters 50
+    python -m benchmarks.task_adaptation --task cls --jobs 2       # from the repository root
+    python -m benchmarks.task_adaptation --task cls --shift night --jobs 2
+    python -m benchmarks.task_adaptation --task seg --seeds 0 --methods control,mic --source-iters 200 --adapt-iters 50
 
 ``--shift`` picks the built-in target: ``fog`` (``configs/synthetic_<task>/``) or
 ``night`` (``configs/synthetic_<task>_night/``, the same scenes at night). Both share
@@ -47,11 +47,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from adaptation import config_chain_values, execute, machine_info  # noqa: E402
-from bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder  # noqa: E402
-from bench_report import main_table, to_json, verdict_lines  # noqa: E402
-from bench_stats import SIGNIFICANCE, paired, summarize, verdicts  # noqa: E402
+from .adaptation import config_chain_values, execute, machine_info
+from .bench_report import main_table, to_json, verdict_lines
+from .bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder
+from .bench_stats import SIGNIFICANCE, paired, summarize, verdicts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,8 +1,11 @@
 """The benchmark scripts: their statistics, and the minimal MIC loop on the tiny pair (the full runs are by hand)."""
-import importlib.util
+import ast
+import graphlib
+import importlib
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -10,14 +13,9 @@ import pytest
 import torch
 from detectron2.structures import Boxes, Instances
 
+from benchmarks import adaptation, bench_report, bench_runs, bench_stats, pseudo_label_sweep, run_progress
+
 from .conftest import REPO, TINY_OVERRIDES
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(target_ap50):
@@ -27,13 +25,12 @@ def _run(target_ap50):
 
 
 def test_adaptation_gains_are_paired_against_the_matched_control():
-    stats, report = _load("bench_stats"), _load("bench_report")
     runs = {
         "control": {0: _run(30.0), 1: _run(34.0), 2: _run(38.0)},
         "mic": {0: _run(32.0), 1: _run(35.0), 2: _run(41.0)},
         "oracle": {0: _run(50.0), 1: _run(50.0), 2: _run(50.0)},
     }
-    summary = stats.summarize(runs, ["control", "mic", "oracle"], [0, 1, 2],
+    summary = bench_stats.summarize(runs, ["control", "mic", "oracle"], [0, 1, 2],
                               ("target_AP50", "target_AP", "source_AP50", "source_AP"), "target_AP50")
     mic = summary["mic/student"]
     assert mic["target_AP50"]["mean"] == pytest.approx(36.0)
@@ -43,7 +40,7 @@ def test_adaptation_gains_are_paired_against_the_matched_control():
     assert g["values"] == pytest.approx([2.0, 1.0, 3.0])
     assert g["mean"] == pytest.approx(2.0) and g["std"] == pytest.approx(1.0) and g["in_std"] == pytest.approx(2.0)
     assert "gain_over_control" not in summary["control/student"]
-    verdicts = {v["target"]: v["met"] for v in stats.verdicts(summary, "target_AP50")}
+    verdicts = {v["target"]: v["met"] for v in bench_stats.verdicts(summary, "target_AP50")}
     assert verdicts == {
         "mic target_AP50 above the matched control by more than 3 paired std": False,  # 2.0 < 3 x 1.0
         # control 34, MIC 36, oracle 50: 2 of the 16 points of the gap.
@@ -52,35 +49,33 @@ def test_adaptation_gains_are_paired_against_the_matched_control():
         "mic >= 90% of the oracle (target_AP50)": False,
     }
     assert mic["gap_closed"] == pytest.approx(2.0 / 16.0)
-    table = "\n".join(report.main_table(summary, {"mic": "MIC"}, [("target AP50", "target_AP50")]))
+    table = "\n".join(bench_report.main_table(summary, {"mic": "MIC"}, [("target AP50", "target_AP50")]))
     assert "| MIC | 36.0 ± 4.6 | 2.0 ± 1.0 | +2.0 | +2.0, +1.0, +3.0 | 72 |" in table
 
 
 @pytest.mark.parametrize("minimal, met", [((31.0, 35.0, 40.0), True), ((31.0, 36.0, 30.0), False)])
 def test_sanity_verdict_compares_the_minimal_loop_seed_by_seed(minimal, met):
-    stats = _load("bench_stats")
     runs = {
         "control": {0: _run(30.0), 1: _run(34.0), 2: _run(38.0)},
         "mic": {0: _run(32.0), 1: _run(35.0), 2: _run(41.0)},
         # In the second case MIC's mean is higher (36.0 vs 32.3), yet it loses seed 1: missed.
         "minimal_mic": {s: _run(v) for s, v in enumerate(minimal)},
     }
-    summary = stats.summarize(runs, list(runs), [0, 1, 2], ("target_AP50",), "target_AP50")
-    (v,) = [v for v in stats.verdicts(summary, "target_AP50") if "minimal_mic" in v["target"]]
+    summary = bench_stats.summarize(runs, list(runs), [0, 1, 2], ("target_AP50",), "target_AP50")
+    (v,) = [v for v in bench_stats.verdicts(summary, "target_AP50") if "minimal_mic" in v["target"]]
     assert v["met"] is met
     assert v["numbers"]["values"] == pytest.approx([32.0 - minimal[0], 35.0 - minimal[1], 41.0 - minimal[2]])
 
 
 def test_gap_and_no_loss_verdicts():
-    stats = _load("bench_stats")
     runs = {
         "control": {0: _run(30.0), 1: _run(34.0)},
         "mic": {0: _run(45.0), 1: _run(46.0)},  # closes (45.5 - 32) / (50 - 32) = 75%
         "sada": {0: _run(31.0), 1: _run(33.5)},  # below its control on seed 1
         "oracle": {0: _run(50.0), 1: _run(50.0)},
     }
-    summary = stats.summarize(runs, list(runs), [0, 1], ("target_AP50",), "target_AP50")
-    verdicts = {v["target"]: v for v in stats.verdicts(summary, "target_AP50")}
+    summary = bench_stats.summarize(runs, list(runs), [0, 1], ("target_AP50",), "target_AP50")
+    verdicts = {v["target"]: v for v in bench_stats.verdicts(summary, "target_AP50")}
     gap = verdicts["mic closes >= 60% of the gap from the control to the oracle (target_AP50)"]
     assert gap["met"] and gap["numbers"]["gap_closed"] == pytest.approx(0.75)
     loss = verdicts["no adaptation method ends below its control on any seed (target_AP50)"]
@@ -88,15 +83,13 @@ def test_gap_and_no_loss_verdicts():
 
 
 def test_one_seed_gives_no_verdict_on_spread():
-    stats = _load("bench_stats")
     runs = {"control": {0: _run(30.0)}, "mic": {0: _run(40.0)}}
-    summary = stats.summarize(runs, ["control", "mic"], [0], ("target_AP50",), "target_AP50")
-    v = stats.verdicts(summary, "target_AP50")[0]
+    summary = bench_stats.summarize(runs, ["control", "mic"], [0], ("target_AP50",), "target_AP50")
+    v = bench_stats.verdicts(summary, "target_AP50")[0]
     assert v["met"] is None and v["numbers"]["mean"] == pytest.approx(10.0)
 
 
 def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_path):
-    adaptation = _load("adaptation")
     args, budget = adaptation.parse_args(["--quick", "--shift", "night", "--source-iters", "200", "--adapt-iters", "50"])
     assert budget.methods == ["control", "mic", "oracle"] and budget.lr_step == 150 and budget.total == 250
     # --quick runs the full benchmark's budget, in folders and a report of its own: never the full run's.
@@ -112,7 +105,6 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
 
 
 def test_the_longest_runs_are_queued_first_so_two_jobs_do_not_end_on_one():
-    adaptation = _load("adaptation")
     _, budget = adaptation.parse_args(["--seeds", "0,1"])
     order = adaptation.run_order(budget)
     assert order[:2] == [("mic_sada", 0), ("mic_sada", 1)] and order[2] == ("mic", 0)
@@ -124,28 +116,27 @@ def test_the_longest_runs_are_queued_first_so_two_jobs_do_not_end_on_one():
 def test_a_folder_holding_another_run_is_refused_and_kept(tmp_path):
     """Skipping or resuming whatever a run folder holds would report (or continue) another budget's run
     as this one: only the same run, or the same run continued for more steps, is taken."""
-    adaptation, runs = _load("adaptation"), _load("bench_runs")
     _, budget = adaptation.parse_args(["--adapt-iters", "500", "MIC.EMA_ALPHA", "0.99"])
-    wanted = runs.run_identity("mic", "/cache/source_seed0_1000_abc", budget.adapt_iters, budget.overrides)
+    wanted = bench_runs.run_identity("mic", "/cache/source_seed0_1000_abc", budget.adapt_iters, budget.overrides)
     out = tmp_path / "0" / "mic"
-    runs.check_run_folder(str(out), wanted)  # nothing there yet
+    bench_runs.check_run_folder(str(out), wanted)  # nothing there yet
     out.mkdir(parents=True)
-    runs.check_run_folder(str(out), wanted)  # a folder from before the records: taken as it is
+    bench_runs.check_run_folder(str(out), wanted)  # a folder from before the records: taken as it is
     (out / "model_final.pth").write_bytes(b"weights")
-    record = out / runs.RUN_OF
+    record = out / bench_runs.RUN_OF
     record.write_text(json.dumps(wanted))
-    runs.check_run_folder(str(out), wanted)
+    bench_runs.check_run_folder(str(out), wanted)
     record.write_text(json.dumps(dict(wanted, adapt_iters=250)))
-    runs.check_run_folder(str(out), wanted)  # the same run, continued to more steps
+    bench_runs.check_run_folder(str(out), wanted)  # the same run, continued to more steps
     for other in (dict(wanted, adapt_iters=1000), dict(wanted, overrides=["MIC.EMA_ALPHA", "0.999"]),
                   dict(wanted, source_model="source_seed0_1000_def")):
         record.write_text(json.dumps(other))
         with pytest.raises(RuntimeError, match=f"{out}.*another --out-dir"):
-            runs.check_run_folder(str(out), wanted)
+            bench_runs.check_run_folder(str(out), wanted)
     assert (out / "model_final.pth").read_bytes() == b"weights"
     # The control ignores MIC's keys: one control serves every MIC ablation.
-    control = runs.run_identity("control", "/cache/source_seed0_1000_abc", 500, budget.overrides)
-    assert control == runs.run_identity("control", "/cache/source_seed0_1000_abc", 500, [])
+    control = bench_runs.run_identity("control", "/cache/source_seed0_1000_abc", 500, budget.overrides)
+    assert control == bench_runs.run_identity("control", "/cache/source_seed0_1000_abc", 500, [])
 
 
 def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="fog"):
@@ -160,7 +151,6 @@ def _record(path, overrides, values, source_iters=1000, adapt_iters=500, shift="
 def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_budget(tmp_path):
     """`make demo` is seed 0 of the full benchmark's budget and quotes the record of that budget; with
     DEMO_ARGS that match no record it must not call another budget 'the same'."""
-    adaptation = _load("adaptation")
     _, budget = adaptation.parse_args(["--demo"])
     assert budget.overrides == [] and budget.seeds == [0] and budget.methods == ["control", "mic"]
     small = ["INPUT.MIN_SIZE_TRAIN", "(160,)"]
@@ -187,7 +177,6 @@ def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_b
 
 
 def test_pseudo_label_sweep_precision_recall_f1():
-    sweep = _load("pseudo_label_sweep").sweep
     pred = Instances(
         (100, 100),
         pred_boxes=Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]])),
@@ -196,7 +185,7 @@ def test_pseudo_label_sweep_precision_recall_f1():
     )
     gt = Instances((100, 100), gt_boxes=Boxes(torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [70, 70, 80, 80]])),
                    gt_classes=torch.tensor([0, 0, 0]))
-    rows = sweep([pred], [gt], [0.3, 0.5, 0.8], nms_thresh=0.5)
+    rows = pseudo_label_sweep.sweep([pred], [gt], [0.3, 0.5, 0.8], nms_thresh=0.5)
     # 0.3: 3 boxes, 2 right; 0.5: 2 of 2; 0.8: 1 of 1; always 3 labels
     assert [r["precision"] for r in rows] == pytest.approx([2 / 3, 1.0, 1.0])
     assert [r["recall"] for r in rows] == pytest.approx([2 / 3, 2 / 3, 1 / 3])
@@ -209,12 +198,11 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
     but only the same run (source model, steps, overrides), whatever the folders beside it hold."""
     import json
 
-    adaptation, runs = _load("adaptation"), _load("bench_runs")
     _, budget = adaptation.parse_args(["--shift", "night", "--source-iters", "200", "--adapt-iters", "50",
                                        "MIC.EMA_ALPHA", "0.99", "INPUT.MIN_SIZE_TEST", "160"])
     source = str(tmp_path / "cache" / "source_seed1_200_abc")
     night_out = tmp_path / "night" / "1" / "control"
-    find = lambda out=night_out, b=budget: runs.finished_control_elsewhere(str(out), b, source)  # noqa: E731
+    find = lambda out=night_out, b=budget: bench_runs.finished_control_elsewhere(str(out), b, source)  # noqa: E731
     assert find() is None
     fog = tmp_path / "fog" / "1" / "control"
     fog.mkdir(parents=True)
@@ -223,8 +211,8 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
     assert find() is None  # no record of what it was trained from: not known to be the same run
     # A fog run of the same source model and input size; MIC's keys do not reach the control.
     _, fog_budget = adaptation.parse_args(["--source-iters", "200", "--adapt-iters", "50", "INPUT.MIN_SIZE_TEST", "160"])
-    (fog / runs.RUN_OF).write_text(json.dumps(
-        runs.run_identity("control", source + "/", fog_budget.adapt_iters, fog_budget.overrides)))
+    (fog / bench_runs.RUN_OF).write_text(json.dumps(
+        bench_runs.run_identity("control", source + "/", fog_budget.adapt_iters, fog_budget.overrides)))
     assert find() == str(fog / "model_final.pth")
     (fog / "metrics.json").write_text(json.dumps({"iteration": 120, "student/x/bbox/AP50": 1.0}) + "\n")
     assert find() is None  # unfinished: not the same run
@@ -236,32 +224,31 @@ def test_the_control_of_one_shift_is_found_for_another(tmp_path):
 
 def test_a_run_found_finished_keeps_the_training_time_its_log_recorded(tmp_path):
     """Re-running a report finds the runs finished; their time is the sum of Detectron2's timer lines, one per launch."""
-    report = _load("bench_report")
     run = tmp_path / "mic"
     run.mkdir()
-    assert report.logged_training_seconds(str(run)) is None  # no log: nothing to say
+    assert bench_report.logged_training_seconds(str(run)) is None  # no log: nothing to say
     (run / "log.txt").write_text(
         "[11/29 23:27:52] d2.engine.hooks INFO: Total training time: 0:10:01 (0:00:00 on hooks)\n"
         "[11/30 02:35:50] d2.utils.events INFO:  eta: 0:00:00  iter: 1499\n"
         "[11/30 02:35:50] d2.engine.hooks INFO: Total training time: 1:41:04 (0:00:01 on hooks)\n")
-    assert report.logged_training_seconds(str(run)) == 10 * 60 + 1 + 3600 + 41 * 60 + 4  # lengthened by a resume
+    assert bench_report.logged_training_seconds(str(run)) == 10 * 60 + 1 + 3600 + 41 * 60 + 4  # and a resume
     (run / "log.txt").write_text("x INFO: Total training time: 1 day, 0:00:05 (0:00:01 on hooks)\n")
-    assert report.logged_training_seconds(str(run)) == 86400 + 5
+    assert bench_report.logged_training_seconds(str(run)) == 86400 + 5
 
     timings = {"mic": {0: {"wall_seconds": 12.4, "steps_run": 500},
                        1: {"wall_seconds": None, "logged_training_seconds": 86405.0, "steps_run": 500},
                        2: {"wall_seconds": None, "steps_run": 500}}}
-    lines = report.time_table(timings, {"mic": "MIC"}, [0, 1, 2])
+    lines = bench_report.time_table(timings, {"mic": "MIC"}, [0, 1, 2])
     assert lines[2] == "| MIC | 500 | 12 | 86405* | – |"
     assert "found finished" in lines[-1]
     # Nothing found finished: no footnote.
-    assert len(report.time_table({"mic": {0: {"wall_seconds": 3.0, "steps_run": 5}}}, {}, [0])) == 3
+    assert len(bench_report.time_table({"mic": {0: {"wall_seconds": 3.0, "steps_run": 5}}}, {}, [0])) == 3
 
 
 def test_the_minimal_loop_runs_from_a_source_checkpoint_and_logs_its_time(source_only_run, tiny_pair, tmp_path):
     """benchmarks/minimal_mic.py end to end: the sanity row the report compares MIC with, timed like any run."""
     out = tmp_path / "minimal_mic"
-    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "minimal_mic.py"),
+    cmd = [sys.executable, "-m", "benchmarks.minimal_mic",
            "--config-file", "configs/synthetic/mic.yaml", "--weights", str(source_only_run / "model_final.pth"),
            *TINY_OVERRIDES, "DATASETS.SYNTHETIC_ROOT", str(tiny_pair), "OUTPUT_DIR", str(out),
            "MIC.BURN_IN_ITERS", "200", "SOLVER.MAX_ITER", "206", "SOLVER.STEPS", "(180,)",
@@ -276,11 +263,11 @@ def test_the_minimal_loop_runs_from_a_source_checkpoint_and_logs_its_time(source
     ap = {tag: record[f"{tag}/synthetic_clear_train/bbox/AP50"] for tag in ("student", "teacher")}
     assert ap["teacher"] > 10.0 and ap["student"] > 10.0, ap
     assert record["student/synthetic_clear_train/bbox/AP"] != record["teacher/synthetic_clear_train/bbox/AP"]
-    assert _load("bench_report").logged_training_seconds(str(out)) is not None
+    assert bench_report.logged_training_seconds(str(out)) is not None
 
 
 def _gpu_check(args, env=None):
-    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "gpu_check.py"), *args]
+    cmd = [sys.executable, "-m", "benchmarks.gpu_check", *args]
     return subprocess.run(cmd, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})),
                           capture_output=True, text=True, timeout=300)
 
@@ -317,8 +304,8 @@ def test_the_gpu_check_without_cuda_says_so_in_one_line_and_exits_0(tmp_path):
 
 
 def test_progress_line_reads_step_eta_loss_and_the_target_metric_from_metrics_json(tmp_path):
-    progress = _load("run_progress")
-    assert progress.progress_line("[seed 0] mic", str(tmp_path), 1500).endswith("starting (building the model and data)")
+    line = run_progress.progress_line("[seed 0] mic", str(tmp_path), 1500)
+    assert line.endswith("starting (building the model and data)")
     rows = [
         {"iteration": 999, "total_loss": 1.5, "eta_seconds": 400.0},
         {"iteration": 999, "student/tgt_val/bbox/AP50": 61.25, "teacher/tgt_val/bbox/AP50": 60.0,
@@ -327,13 +314,12 @@ def test_progress_line_reads_step_eta_loss_and_the_target_metric_from_metrics_js
     ]
     with open(tmp_path / "metrics.json", "w") as f:
         f.write("\n".join(json.dumps(r) for r in rows) + '\n{"iteration": 11')  # a partly written last row
-    line = progress.progress_line("[seed 0] mic", str(tmp_path), 1500, dataset="tgt_val")
+    line = run_progress.progress_line("[seed 0] mic", str(tmp_path), 1500, dataset="tgt_val")
     assert line == ("[seed 0] mic: step 1120/1500, total_loss 0.823, ETA 3 min 10 s, "
                     "bbox/AP50 (tgt_val) at step 999: student 61.2, teacher 60.0")
 
 
 def test_a_benchmark_run_prints_where_its_log_is_and_its_progress_while_it_trains(tmp_path, monkeypatch, capsys):
-    adaptation = _load("adaptation")
     monkeypatch.setattr(adaptation, "PROGRESS_SECONDS", 0.2)
     script = ("import json, time\n"
               f"f = open({str(tmp_path / 'metrics.json')!r}, 'w')\n"
@@ -347,7 +333,6 @@ def test_a_benchmark_run_prints_where_its_log_is_and_its_progress_while_it_train
 
 
 def test_a_source_models_cache_key_follows_config_values_through_bases_not_comments(tmp_path):
-    adaptation = _load("adaptation")
     (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.02\n")
     (tmp_path / "run.yaml").write_text('_BASE_: "base.yaml"\nSEED: 1\n')
 
@@ -360,3 +345,82 @@ def test_a_source_models_cache_key_follows_config_values_through_bases_not_comme
     assert key() == first
     (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")
     assert key() != first
+
+
+# ------------------------------------------------------------------ the package
+BENCHMARKS = os.path.join(REPO, "benchmarks")
+SCRIPTS = sorted(f[:-3] for f in os.listdir(BENCHMARKS) if f.endswith(".py") and f != "__init__.py")
+
+
+def _benchmark_imports(name):
+    """The benchmarks modules that ``benchmarks/<name>.py`` imports, wherever the import is (module level, in a
+    function, under ``TYPE_CHECKING``) and however it is spelled (relative, ``benchmarks.x`` or a bare ``x``)."""
+    with open(os.path.join(BENCHMARKS, f"{name}.py")) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                found.add(parts[1] if parts[0] == "benchmarks" and len(parts) > 1 else parts[0])
+        elif isinstance(node, ast.ImportFrom):
+            parts = node.module.split(".") if node.module else []
+            if node.level or parts[:1] == ["benchmarks"]:
+                rest = parts if node.level else parts[1:]
+                found.update(rest[:1] or [alias.name for alias in node.names])
+            else:
+                found.add(parts[0])
+    return found & set(SCRIPTS) - {name}
+
+
+def test_benchmarks_is_a_package_whose_modules_import_each_other_without_a_cycle():
+    """Every import between benchmark modules, counted even when only a type checker follows it, forms a DAG."""
+    assert os.path.isfile(os.path.join(BENCHMARKS, "__init__.py"))
+    graph = {name: _benchmark_imports(name) for name in SCRIPTS}
+    assert graph["task_adaptation"] and graph["adaptation"]  # the walk sees the imports
+    try:
+        list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"import cycle in benchmarks/: {' -> '.join(e.args[1])}")
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_benchmark_module_imports_its_siblings_from_the_package_and_edits_no_sys_path(name):
+    with open(os.path.join(BENCHMARKS, f"{name}.py")) as f:
+        tree = ast.parse(f.read())
+    edits = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "path"
+             and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert not edits, f"benchmarks/{name}.py uses sys.path (lines {edits}): import through the package instead"
+    bare = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level
+            and node.module in SCRIPTS] + [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                                           for alias in node.names if alias.name in SCRIPTS]
+    assert not bare, f"benchmarks/{name}.py imports {bare} by bare name: use `from .{bare[0]} import ...`"
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_benchmark_module_imports_from_the_package_and_its_main_answers_help(name, monkeypatch, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    if not hasattr(module, "main"):
+        return
+    monkeypatch.setattr(sys, "argv", [f"benchmarks.{name}", "--help"])
+    with pytest.raises(SystemExit) as exit:
+        module.main()
+    assert exit.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_the_documented_benchmark_commands_run_the_scripts_as_modules_from_the_repository_root():
+    """``python -m benchmarks.<name>``: the scripts import each other through the package, so a path does not run."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.task_adaptation", "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--task" in proc.stdout, proc.stderr[-2000:]
+    docs = ["Makefile", "README.md", "BENCHMARKS.md", os.path.join("benchmarks", "README.md")]
+    docs += [os.path.join("docs", f) for f in os.listdir(os.path.join(REPO, "docs")) if f.endswith(".md")]
+    docs += [os.path.join("benchmarks", f"{name}.py") for name in SCRIPTS]
+    by_path = re.compile(r"(python\S*|\$\(PY\))\s+benchmarks/\w+\.py|`benchmarks/\w+\.py --")
+    found = []
+    for doc in docs:
+        if doc == os.path.join("docs", "benchmarks_archive.md"):
+            continue  # the archive keeps the commands as they were run
+        with open(os.path.join(REPO, doc)) as f:
+            found += [f"{doc}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if by_path.search(line)]
+    assert not found, "\n".join(found)

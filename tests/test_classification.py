@@ -277,13 +277,8 @@ def test_teacher_bn_mode_per_task_and_its_checks():
 
 
 def test_the_task_benchmark_report_pairs_seeds_and_checks_the_targets():
-    import importlib.util
-    import sys
+    from benchmarks import task_adaptation as bench
 
-    sys.path.insert(0, f"{REPO}/benchmarks")
-    spec = importlib.util.spec_from_file_location("task_adaptation", f"{REPO}/benchmarks/task_adaptation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     task = bench.TASKS["cls"]
 
     def fake(acc, time=None, spread=1.0):
@@ -304,13 +299,8 @@ def test_the_task_benchmark_report_pairs_seeds_and_checks_the_targets():
 
 def test_the_task_benchmark_runs_the_night_shift_from_the_fog_benchmarks_source_model(tmp_path, monkeypatch):
     """--shift night: the night configs and val set, the clear source model of the fog benchmark (one cache)."""
-    import importlib.util
-    import sys
+    from benchmarks import task_adaptation as bench
 
-    sys.path.insert(0, f"{REPO}/benchmarks")
-    spec = importlib.util.spec_from_file_location("task_adaptation", f"{REPO}/benchmarks/task_adaptation.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     for name, target in (("cls", "synthetic_cls_night_val"), ("seg", "synthetic_seg_night_val")):
         fog, night = bench.task_bench(name, "fog"), bench.task_bench(name, "night")
         assert night.target_val == target and night.source_val == fog.source_val and night.shift == "night"

@@ -1,0 +1,64 @@
+"""The detection benchmark's protocol: the built-in shifts, the methods, and the budget every run gets.
+
+``adaptation.py`` runs it; ``bench_runs.py`` reads the runs' folders against it.
+"""
+import os
+from dataclasses import dataclass
+from typing import Dict, List
+
+# The built-in shifts: config folder and target val set.
+SHIFTS = {
+    "fog": ("configs/synthetic", "synthetic_foggy_val"),
+    "night": ("configs/synthetic_night", "synthetic_night_val"),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str
+    config: str  # file name inside the shift's config folder
+    mic: bool = False  # has a teacher and pseudo-labels
+    # A step's time over a source-only step's, roughly as measured (docs/benchmarks_archive.md).
+    # Only orders the runs: the longest start first, so that the last one left is a short one.
+    step_cost: float = 1.0
+
+
+METHODS: Dict[str, Method] = {
+    "control": Method("control (source-only continued)", "source_only.yaml"),
+    "mic": Method("MIC", "mic.yaml", mic=True, step_cost=2.0),
+    "mic_sada": Method("MIC+SADA", "mic_sada.yaml", mic=True, step_cost=2.8),
+    "sada": Method("SADA", "sada.yaml", step_cost=1.3),
+    "oracle": Method("oracle (target labels)", "oracle.yaml"),
+    "minimal_mic": Method("minimal MIC loop (sanity)", "mic.yaml", mic=True, step_cost=1.8),
+}
+
+
+@dataclass
+class Budget:
+    shift: str
+    source_iters: int
+    adapt_iters: int
+    seeds: List[int]
+    methods: List[str]
+    overrides: List[str]
+    eval_period: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.source_iters + self.adapt_iters
+
+    @property
+    def lr_step(self) -> int:
+        """The source schedule ends (lr x0.1) at 75% of its steps, before adaptation starts."""
+        return int(0.75 * self.source_iters)
+
+    @property
+    def checkpoint(self) -> str:
+        return f"model_{self.source_iters - 1:07d}.pth"
+
+    def config(self, method: str) -> str:
+        return os.path.join(SHIFTS[self.shift][0], METHODS[method].config)
+
+    @property
+    def target_val(self) -> str:
+        return SHIFTS[self.shift][1]
