@@ -8,8 +8,8 @@ Per MIC step (the engine's :class:`~mic_det.engine.MICStep` calls these):
    the unmasked target, quality weight q = share of pixels with max probability
    >= ``SEG.PSEUDO_THRESHOLD`` over the batch;
 3. :meth:`self_training_losses`: DACS's ClassMix of source and target (one mixed image
-   per target image), colour-jittered and blurred (``SEG.MIX_AUGMENT``), learnt with weight 1 on source pixels and q on target pixels
-   (``loss_sem_seg_mix``);
+   per target image), colour-jittered and blurred (``SEG.MIX_AUGMENT``), learnt with
+   weight 1 on source pixels and q on target pixels (``loss_sem_seg_mix``);
 4. the engine's masked view (jitter, blur, block mask) learnt against the same
    pseudo-label with the same q (``loss_sem_seg_mic`` x ``MIC.LOSS_WEIGHT``).
 
