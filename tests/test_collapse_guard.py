@@ -300,10 +300,12 @@ def test_guard_fires_on_a_run_made_to_collapse(source_only_run, tiny_pair, tmp_p
     assert (out / "model_0000002.pth").is_file()  # written before the collapse, kept
     rollbacks = [r["guard/rollbacks"] for r in read_metrics(out) if "guard/rollbacks" in r]
     assert rollbacks and max(rollbacks) == 1
-    # From the rollback on, every record says so; and the end of training (even a stopped one) too.
+    # The record of the last iteration (the final write of a stopped run) says so, and the log's end.
+    # (Detectron2's JSONWriter also writes, under an older iteration, a row of the scalars last
+    # logged there alone, e.g. a masked-view ratio of a step whose successor had no pseudo-label.)
     records = [r for r in read_metrics(out) if "iteration" in r]
-    first = next(i for i, r in enumerate(records) if "guard/rollbacks" in r)
-    assert all("guard/rollbacks" in r for r in records[first:])
+    last = max(r["iteration"] for r in records)
+    assert all(r.get("guard/rollbacks") == 1 for r in records if r["iteration"] == last), records[-2:]
     assert "rolled back this run 1 time(s)" in log
 
 
