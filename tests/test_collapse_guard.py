@@ -10,7 +10,7 @@ from detectron2.utils.events import EventStorage
 from mic_det.engine.collapse_guard import CollapseGuard, TrainingCollapsed
 from mic_det.teacher import EMATeacher
 
-from .conftest import read_metrics, run_train_net
+from .conftest import REPO, read_metrics, run_train_net, tiny_cfg
 
 
 class _Trainer:
@@ -314,8 +314,6 @@ def test_classification_runs_judge_the_checks_that_can_fire_and_say_which(tiny_p
     from mic_det.config_loading import build_config
     from mic_det.engine.task import build_task
 
-    from .conftest import REPO
-
     def guard_for(*opts):
         cfg = build_config(f"{REPO}/configs/synthetic_cls/mic.yaml", ["MODEL.CLASSIFIER.NUM_CLASSES", "3", *opts])
         guard = CollapseGuard.from_config(cfg, build_task(cfg))
@@ -346,8 +344,6 @@ def test_a_run_that_rolled_back_says_so_in_its_summary_and_final_metrics(tiny_pa
     """A finished run with one rollback: the closing summary (after the final evaluation) says so, and the
     final evaluation's metrics row carries guard/rollbacks."""
     from mic_det.engine import MICTrainer
-
-    from .conftest import tiny_cfg
 
     reason = CollapseGuard._collapse_reason
 
