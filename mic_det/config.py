@@ -134,7 +134,7 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC.MASK_AUG.ENABLED = True
     # Probability that colour jitter IS applied to an image at a step. The
     # reference's p = 0.2 is the probability of NOT applying it (it jitters when
-    # U > p), so its rate is 1 - 0.2 = 0.8; this default was 0.2 before.
+    # U > p), so its rate is 1 - 0.2 = 0.8.
     _C.MIC.MASK_AUG.COLOR_JITTER_PROB = 0.8
     # Strength s: brightness, contrast, saturation factors ~ U[1-s, 1+s] and a hue
     # shift ~ U[-s, s] of a turn (the reference's s = 0.2 for all four), <= 0.5.
