@@ -3,8 +3,10 @@
 ``tests/data/mic_sada_reference_losses.json`` holds every loss of a fixed-seed
 MIC + SADA run of 4 steps, recorded with the detection code *before* it moved
 behind :class:`mic_det.engine.MICTask`; the same run must give the same numbers.
+``segmentation_reference_losses.json`` and ``classification_reference_losses.json``
+hold the same for a tiny MIC run of each of the other tasks.
 Re-record (only for an intended change of the numbers) with
-``python -m tests.test_task_engine record``.
+``python -m tests.test_task_engine record [task ...]``.
 """
 import ast
 import glob
@@ -25,6 +27,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from mic_det import add_mic_config
+from mic_det.config_loading import build_config
 from mic_det.data.synthetic import register_synthetic_pair, write_domain_pair
 from mic_det.engine import MIC_TASK_REGISTRY, MICTask, MICTrainer
 
@@ -50,6 +53,11 @@ def _mic_sada_losses(root: str, output_dir: str):
            # so a change of the config's default does not read as an engine change.
            "MIC.EMA_ALPHA", "0.99"]
     )
+    return _four_steps(cfg)
+
+
+def _four_steps(cfg) -> list:
+    """Every loss of the first STEPS steps of a MICTrainer on ``cfg`` (seed 7, one thread)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -63,10 +71,72 @@ def _mic_sada_losses(root: str, output_dir: str):
             for i in range(STEPS):
                 storage.iter = step.iter = i
                 step.run_step()
-                out.append({k: v.latest() for k, v in storage.histories().items() if k.startswith("loss_")})
+                losses = {k: v.latest() for k, v in storage.histories().items() if k.startswith("loss_")}
+                # A step of one loss logs it as total_loss only (Detectron2's SimpleTrainer).
+                out.append(losses or {"total_loss": storage.history("total_loss").latest()})
         return out
     finally:
         torch.set_num_threads(threads)
+
+
+# The tiny from-scratch MIC run of each non-detection task: its config, the overrides, the data it reads.
+_TASK_RUN_OPTS = ["DATASETS.TEST", "()", "DATALOADER.NUM_WORKERS", "0", "MIC.BURN_IN_ITERS", "1",
+                  "MIC.GUARD.ENABLED", "False", "TEST.BEST_CHECKPOINT.ENABLED", "False",
+                  "MODEL.MOBILENET.PRETRAINED", "False", "SOLVER.CHECKPOINT_PERIOD", "100000"]
+
+
+def _segmentation_losses(root: str, output_dir: str) -> list:
+    from mic_det.segmentation.synthetic import register_synthetic_seg_pair, write_seg_pair
+
+    write_seg_pair(root, num_source_train=4, num_source_val=1, num_target_train=4, num_target_val=1,
+                   height=64, width=80)
+    if "rec_seg_clear_train" not in DatasetCatalog:
+        register_synthetic_seg_pair(root, prefix="rec_seg", generate=False)
+    cfg = build_config(f"{REPO}/configs/synthetic_seg/mic.yaml", _TASK_RUN_OPTS + [
+        "DATASETS.TRAIN", "('rec_seg_clear_train',)", "DATASETS.TRAIN_TARGET", "('rec_seg_foggy_train',)",
+        "INPUT.MIN_SIZE_TRAIN", "(64,)", "MIC.MASK_BLOCK_SIZE", "4", "SEG.PSEUDO_THRESHOLD", "0.0",
+        "OUTPUT_DIR", output_dir])
+    return _four_steps(cfg)
+
+
+def _classification_losses(root: str, output_dir: str) -> list:
+    from mic_det.classification.synthetic_crops import register_synthetic_crops, write_crop_pair
+
+    write_crop_pair(root, height=96, width=128, crop=32,
+                    scenes={"clear_train": 6, "clear_val": 1, "foggy_train": 6, "foggy_val": 1})
+    if "rec_cls_clear_train" not in DatasetCatalog:
+        register_synthetic_crops(root, prefix="rec_cls")
+    cfg = build_config(f"{REPO}/configs/synthetic_cls/mic.yaml", _TASK_RUN_OPTS + [
+        "DATASETS.TRAIN", "('rec_cls_clear_train',)", "DATASETS.TRAIN_TARGET", "('rec_cls_foggy_train',)",
+        "SOLVER.IMS_PER_BATCH", "4", "INPUT.CLS.SIZE", "32", "INPUT.CLS.RESIZE", "36", "MIC.MASK_BLOCK_SIZE", "8",
+        "MODEL.CLASSIFIER.BOTTLENECK_DIM", "16", "UDA.CDAN.HIDDEN_DIM", "8", "OUTPUT_DIR", output_dir])
+    return _four_steps(cfg)
+
+
+TASK_RECORDS = {  # task -> (its 4-step losses from a data root and an output dir, the recorded file)
+    "segmentation": (_segmentation_losses, os.path.join(REPO, "tests", "data", "segmentation_reference_losses.json")),
+    "classification": (_classification_losses,
+                       os.path.join(REPO, "tests", "data", "classification_reference_losses.json")),
+}
+
+
+def _assert_same_losses(got, reference):
+    assert len(got) == len(reference) == STEPS
+    for i, (g, r) in enumerate(zip(got, reference)):
+        assert sorted(g) == sorted(r), f"step {i}: loss names {sorted(g)} != {sorted(r)}"
+        for name, value in r.items():
+            assert math.isclose(g[name], value, rel_tol=1e-4, abs_tol=1e-6), (i, name, g[name], value)
+
+
+@pytest.mark.slow  # a training run
+@pytest.mark.parametrize("task", sorted(TASK_RECORDS))
+def test_each_task_behind_the_task_interface_gives_the_recorded_losses(task, tmp_path):
+    """Four fixed-seed steps (one source-only, three MIC) of segmentation and classification."""
+    losses, reference_file = TASK_RECORDS[task]
+    with open(reference_file) as f:
+        reference = json.load(f)
+    _assert_same_losses(losses(str(tmp_path / "data"), str(tmp_path / "run")), reference)
+    assert any(v > 0 for s in reference for k, v in s.items() if k.endswith("_mic"))
 
 
 def _pair(tmp_path) -> str:
@@ -284,12 +354,17 @@ def test_self_training_without_masking_and_the_ema_ramp(tmp_path):
     assert all(torch.equal(student[k], teacher[k]) for k in student)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["record"]:
+if __name__ == "__main__" and sys.argv[1:2] == ["record"]:
+    # python -m tests.test_task_engine record [detection|segmentation|classification ...]
     import tempfile
     from pathlib import Path
 
-    with tempfile.TemporaryDirectory() as tmp:
-        losses = _mic_sada_losses(_pair(Path(tmp)), os.path.join(tmp, "run"))
-    with open(REFERENCE, "w") as f:
-        json.dump(losses, f, indent=1, sort_keys=True)
-    print(f"wrote {REFERENCE}: {len(losses)} steps, {sorted(losses[0])}")
+    records = dict(TASK_RECORDS, detection=(lambda root, out: _mic_sada_losses(_pair(Path(root).parent), out),
+                                            REFERENCE))
+    for task in sys.argv[2:] or sorted(records):
+        losses_of, path = records[task]
+        with tempfile.TemporaryDirectory() as tmp:
+            losses = losses_of(os.path.join(tmp, "data"), os.path.join(tmp, "run"))
+        with open(path, "w") as f:
+            json.dump(losses, f, indent=1, sort_keys=True)
+        print(f"wrote {path}: {len(losses)} steps, {sorted(losses[0])}")
