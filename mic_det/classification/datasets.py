@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from ..data.domains import IMAGE_EXTENSIONS, list_images
+from ..data.kinds import DomainFlag, DomainKind, register_domain_kind
 
 __all__ = [
     "VISDA_CLASSES",
@@ -174,3 +175,18 @@ def register_all_classification_benchmarks(root: Optional[str] = None) -> List[s
             os.path.join(_root(root), "office31", d), ("images", ".")), n), dict(domain=domain))
         names.append(name)
     return names
+
+
+# The user-domain kind of a labelled class-folder tree: ``type: class_folder`` in a domains YAML
+# (only with an explicit type: its keys are a folder's), ``--register-class-folder`` on the command line.
+register_domain_kind(DomainKind(
+    name="class_folder",
+    register=lambda spec: register_class_folder(spec["name"], spec["image_dir"], spec.get("thing_classes")),
+    paths={"image_dir": True},
+    options=frozenset({"thing_classes"}),
+    flag=DomainFlag("--register-class-folder", ("NAME", "IMAGE_DIR"),
+                    "register a labelled classification folder IMAGE_DIR/<class>/<images> as NAME; classes are "
+                    "the sorted subfolder names (repeatable)",
+                    lambda v, args: {"name": v[0], "type": "class_folder", "image_dir": v[1]}),
+    summary="image_dir, one subfolder per class",
+))

@@ -17,7 +17,7 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, build_detection_test_loader
 from detectron2.utils.events import EventStorage, get_event_storage
 
-from ..engine.task import MIC_TASK_REGISTRY, MICTask
+from ..task import MIC_TASK_REGISTRY, MICTask
 from .evaluator import ClassificationEvaluator
 from .mapper import ClassificationMapper
 
@@ -50,6 +50,7 @@ class ClassificationTask(MICTask):
     teacher_bn_mode = "train"
     num_classes_keys = ("MODEL.CLASSIFIER.NUM_CLASSES",)  # 0 there = from the training set (data/checks.py)
     dataset_kind = "classification"
+    dataset_description = "one class per image, thing_classes"
     meta_architectures = ("MICClassifier",)
 
     def __init__(self, cfg: CfgNode):

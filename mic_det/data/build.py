@@ -65,7 +65,7 @@ def build_source_loader(
     """Detectron2's train loader over ``DATASETS.TRAIN`` through the task's labelled ``mapper``.
 
     ``sampler_for(dataset_dicts)`` may return the stream's sampler (the task's
-    :meth:`~mic_det.engine.task.MICTask.build_source_sampler`, e.g. segmentation's
+    :meth:`~mic_det.task.MICTask.build_source_sampler`, e.g. segmentation's
     rare-class sampling); None keeps Detectron2's ``DATALOADER.SAMPLER_TRAIN``.
     Either way the sampler is wrapped in :class:`ResumableSampler`.
     """

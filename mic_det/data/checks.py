@@ -10,10 +10,11 @@ import difflib
 import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..task import MIC_TASK_REGISTRY, MICTask
 from .domains import image_size, is_labelled
 
 __all__ = [
@@ -24,7 +25,18 @@ __all__ = [
     "check_training_sets",
     "dataset_kind",
     "dataset_names",
+    "register_label_file_check",
 ]
+
+#: A record key naming a label file -> a function ``(dataset name, file, image (h, w)) -> problem or None``
+#: that reads the file as the task's evaluator does; :func:`check_test_images` runs it on every test
+#: record holding the key. Task packages register theirs (segmentation: ``sem_seg_file_name``).
+LABEL_FILE_CHECKS: Dict[str, Callable[[str, str, Tuple[int, int]], Optional[str]]] = {}
+
+
+def register_label_file_check(record_key: str, check: Callable[[str, str, Tuple[int, int]], Optional[str]]) -> None:
+    """Have :func:`check_test_images` check the file that ``record_key`` of a test record names with ``check``."""
+    LABEL_FILE_CHECKS[record_key] = check
 
 _KEYS = ("DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.TRAIN_TARGET")
 
@@ -80,22 +92,20 @@ def _thing_classes(name: str, key: str = "thing_classes") -> Optional[List[str]]
 def _task_class_keys(cfg) -> Tuple[str, Optional[Sequence[str]]]:
     """The metadata key of the class list and the config keys of the model's class count, per task.
 
-    A task class may name them (``classes_metadata_key``, ``num_classes_keys``;
-    segmentation: ``stuff_classes``, ``MODEL.SEM_SEG_HEAD.NUM_CLASSES``); detection's are the default.
+    The task class names them (:attr:`~mic_det.task.MICTask.classes_metadata_key`,
+    :attr:`~mic_det.task.MICTask.num_classes_keys`); an unregistered ``MODEL.TASK`` gets
+    detection's (``thing_classes``, Detectron2's box-head keys).
     """
-    from ..engine.task import MIC_TASK_REGISTRY  # local: the engine imports mic_det.data
 
     name = cfg.MODEL.get("TASK", "")
-    task = MIC_TASK_REGISTRY.get(name) if name in MIC_TASK_REGISTRY else None
-    return getattr(task, "classes_metadata_key", "thing_classes"), getattr(task, "num_classes_keys", None)
+    task = MIC_TASK_REGISTRY.get(name) if name in MIC_TASK_REGISTRY else MICTask
+    return task.classes_metadata_key, task.num_classes_keys
 
 
-#: What each kind of dataset holds, for the task-mismatch message.
-_KINDS = {
-    "detection": "boxes, thing_classes",
-    "segmentation": "label PNGs, stuff_classes",
-    "classification": "one class per image, thing_classes",
-}
+def _kind_descriptions() -> Dict[str, str]:
+    """What each kind of dataset holds (the registered tasks' ``dataset_description``), for messages."""
+
+    return {cls.dataset_kind: cls.dataset_description for _, cls in MIC_TASK_REGISTRY if cls.dataset_kind}
 
 
 def dataset_kind(name: str) -> Optional[str]:
@@ -106,7 +116,7 @@ def dataset_kind(name: str) -> Optional[str]:
     folders say nothing and fit every task.
     """
     meta = MetadataCatalog.get(name)
-    if meta.get("task") in _KINDS:
+    if meta.get("task"):
         return meta.get("task")
     evaluator = meta.get("evaluator_type")
     if evaluator == "sem_seg" or meta.get("stuff_classes") is not None:
@@ -122,10 +132,9 @@ def check_task_fits(cfg) -> None:
     A task switched without the rest of its config (``MODEL.TASK SegmentationTask``
     on a detection config) otherwise fails on a symptom (no ``stuff_classes``),
     or later, inside the model. Each task lists the networks it trains and the
-    kind of dataset it learns from (:class:`~mic_det.engine.task.MICTask`); one
+    kind of dataset it learns from (:class:`~mic_det.task.MICTask`); one
     ``ValueError`` names every mismatch and the task that fits, if one does.
     """
-    from ..engine.task import MIC_TASK_REGISTRY  # local: the engine imports mic_det.data
 
     name = cfg.MODEL.TASK
     tasks = dict(MIC_TASK_REGISTRY)
@@ -140,13 +149,14 @@ def check_task_fits(cfg) -> None:
             f"({name} trains {', '.join(task.meta_architectures) or 'other networks'})"
         )
     kinds = set()
+    descriptions = _kind_descriptions()
     for key, dataset in dataset_names(cfg):
         kind = dataset_kind(dataset)
         if kind is not None and task.dataset_kind and kind != task.dataset_kind:
             kinds.add(kind)
             problems.append(
-                f"{key}: '{dataset}' is a {kind} dataset ({_KINDS[kind]}); {name} learns from "
-                f"{task.dataset_kind} datasets ({_KINDS.get(task.dataset_kind, task.dataset_kind)})"
+                f"{key}: '{dataset}' is a {kind} dataset ({descriptions.get(kind, kind)}); {name} learns from "
+                f"{task.dataset_kind} datasets ({descriptions.get(task.dataset_kind, task.dataset_kind)})"
             )
     if not problems:
         return
@@ -281,14 +291,10 @@ def _image_problem(record: dict, dataset_name: str) -> Optional[str]:
     expected = (record.get("height"), record.get("width"))
     if None not in expected and tuple(size) != tuple(expected):
         return f"{path}: {size[0]}x{size[1]} (h x w) but the dataset says {expected[0]}x{expected[1]}"
-    label = record.get("sem_seg_file_name")
-    if label is not None:
-        from ..segmentation.labels import LabelError, read_dataset_label  # local: segmentation imports mic_det.data
-
-        try:
-            read_dataset_label(dataset_name, label, image_size=size)  # as the evaluator reads it, size checked
-        except LabelError as e:
-            return str(e)
+    for key, check in LABEL_FILE_CHECKS.items():  # read as the evaluator reads it, size checked
+        problem = check(dataset_name, record[key], size) if record.get(key) is not None else None
+        if problem:
+            return problem
     return None
 
 

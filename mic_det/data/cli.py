@@ -40,6 +40,12 @@ path; a key the format does not know is an error naming the file and the key
 
 The flags may stand anywhere on a tool's command line, also after the
 ``KEY VALUE`` config overrides (:func:`parse_args`).
+
+Each ``type`` is a :class:`~mic_det.data.kinds.DomainKind` in
+:data:`~mic_det.data.kinds.DOMAIN_KINDS`: ``coco`` and ``folder`` are
+registered here, ``class_folder`` and ``seg`` by their task packages; this
+module loops over the registered kinds for the keys, the flags and the
+registration.
 """
 
 import argparse
@@ -50,6 +56,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from detectron2.data import DatasetCatalog
 
 from .domains import register_coco_domain, register_image_folder, set_metadata
+from .kinds import DOMAIN_KINDS, DomainFlag, DomainKind, register_domain_kind
 
 __all__ = [
     "add_domain_arguments",
@@ -68,73 +75,66 @@ METADATA_KEYS = ("thing_classes", "thing_dataset_id_to_contiguous_id", "stuff_cl
 # name -> (normalised spec without metadata, the loader it registered): what register_domain registered.
 _REGISTERED: Dict[str, Any] = {}
 
-_KEYS = {
-    "coco": {"name", "type", "json", "image_root", "thing_classes", "metadata"},
-    "folder": {"name", "type", "image_dir", "thing_classes", "metadata"},
-    "class_folder": {"name", "type", "image_dir", "thing_classes", "metadata"},  # only with an explicit type
-    "seg": {"name", "type", "image_dir", "label_dir", "stuff_classes", "ignore_value", "metadata"},
-}
-# The flags add_domain_arguments adds, with their number of values.
-_FLAG_NARGS = {
-    "--register-coco": 3,
-    "--register-folder": 2,
-    "--register-class-folder": 2,
-    "--register-seg": 4,
-    "--seg-ignore-value": 1,
-    "--domains": 1,
-}
-# Keys that are not paths (the others are resolved relative to the YAML's folder).
-_NOT_PATHS = {"name", "type", "thing_classes", "stuff_classes", "ignore_value", "metadata"}
+
+
+def _class_metadata(spec: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    return {"thing_classes": spec["thing_classes"]} if spec.get("thing_classes") else None
+
+
+register_domain_kind(DomainKind(
+    name="coco",
+    register=lambda spec: register_coco_domain(spec["name"], spec["json"], spec["image_root"],
+                                               metadata=_class_metadata(spec)),
+    paths={"json": False, "image_root": True},
+    options=frozenset({"thing_classes"}),
+    infer_key="json",
+    infer_priority=0,
+    flag=DomainFlag("--register-coco", ("NAME", "JSON", "IMAGE_ROOT"),
+                    "register a COCO-format json and its image folder as dataset NAME (repeatable)",
+                    lambda v, args: {"name": v[0], "type": "coco", "json": v[1], "image_root": v[2]}),
+    summary="json, image_root",
+))
+register_domain_kind(DomainKind(
+    name="folder",
+    register=lambda spec: register_image_folder(spec["name"], spec["image_dir"], metadata=_class_metadata(spec)),
+    paths={"image_dir": True},
+    options=frozenset({"thing_classes"}),
+    infer_key="image_dir",
+    infer_priority=100,  # the fallback: other kinds with an image_dir say so by a key of their own
+    flag=DomainFlag("--register-folder", ("NAME", "IMAGE_DIR"),
+                    "register a folder of unlabelled images (searched recursively) as NAME (repeatable)",
+                    lambda v, args: {"name": v[0], "type": "folder", "image_dir": v[1]}),
+    summary="image_dir",
+))
+
+
+def _flag_nargs() -> Dict[str, int]:
+    """The flags :func:`add_domain_arguments` adds, with their number of values."""
+    out = {"--domains": 1}
+    for kind in DOMAIN_KINDS.values():
+        if kind.flag is not None:
+            out[kind.flag.flag] = len(kind.flag.metavar)
+        out.update((flag, 1) for flag, _ in kind.extra_options)
+    return out
 
 
 def add_domain_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``--register-coco``, ``--register-folder`` and ``--domains`` to ``parser``."""
+    """Add ``--domains`` and every registered kind's ``--register-*`` flag and options to ``parser``."""
     group = parser.add_argument_group(
         "domains", "register your own datasets; the config's DATASETS.* may then name them"
     )
-    group.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format json and its image folder as dataset NAME (repeatable)",
-    )
-    group.add_argument(
-        "--register-folder",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "IMAGE_DIR"),
-        help="register a folder of unlabelled images (searched recursively) as NAME (repeatable)",
-    )
-    group.add_argument(
-        "--register-class-folder",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "IMAGE_DIR"),
-        help="register a labelled classification folder IMAGE_DIR/<class>/<images> as NAME; classes are "
-        "the sorted subfolder names (repeatable)",
-    )
-    group.add_argument(
-        "--register-seg",
-        nargs=4,
-        action="append",
-        metavar=("NAME", "IMAGE_DIR", "LABEL_DIR", "CLASSES"),
-        help="register a labelled segmentation set: images, label PNGs of the same names (x.jpg <-> x.png), "
-        "classes as 'a,b,c' or a .txt file with one name per line (repeatable)",
-    )
-    group.add_argument(
-        "--seg-ignore-value",
-        type=int,
-        default=255,
-        metavar="N",
-        help="the label value meaning 'unlabelled' in --register-seg label PNGs (default 255)",
-    )
+    for kind in DOMAIN_KINDS.values():
+        if kind.flag is not None:
+            group.add_argument(kind.flag.flag, nargs=len(kind.flag.metavar), action="append",
+                               metavar=kind.flag.metavar, help=kind.flag.help)
+        for flag, kwargs in kind.extra_options:
+            group.add_argument(flag, **kwargs)
+    types = "; ".join(f"type {k.name}: {k.summary}" for k in DOMAIN_KINDS.values() if k.summary)
     group.add_argument(
         "--domains",
         action="append",
         metavar="FILE",
-        help="YAML file listing domains {name, type: coco|folder, json, image_root | image_dir, "
-        "thing_classes}; paths relative to the file (repeatable)",
+        help=f"YAML file listing domains {{name, type, ...}} ({types}); paths relative to the file (repeatable)",
     )
 
 
@@ -145,17 +145,18 @@ def _hoist_domain_flags(argv: Sequence[str]) -> List[str]:
     ``argparse.REMAINDER`` that swallows whatever follows it; a domain flag
     written after an override would become a config key.
     """
+    nargs = _flag_nargs()
     flags: List[str] = []
     rest: List[str] = []
     i = 0
     while i < len(argv):
         token = argv[i]
         name = token.split("=", 1)[0]
-        if name in _FLAG_NARGS and "=" in token and _FLAG_NARGS[name] == 1:
+        if name in nargs and "=" in token and nargs[name] == 1:
             flags.append(token)
             i += 1
-        elif token in _FLAG_NARGS and i + _FLAG_NARGS[token] < len(argv):
-            n = _FLAG_NARGS[token]
+        elif token in nargs and i + nargs[token] < len(argv):
+            n = nargs[token]
             flags.extend(argv[i : i + n + 1])
             i += n + 1
         else:
@@ -199,29 +200,31 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
         raise _spec_error(source, None, f"a domain has no 'name' (keys: {sorted(spec)})")
     kind = spec.get("type")
     if kind is None:
-        kind = "coco" if "json" in spec else "seg" if "label_dir" in spec else "folder" if "image_dir" in spec else None
-        if kind is None:
+        matching = [k for k in DOMAIN_KINDS.values() if k.infer_key and k.infer_key in spec]
+        if not matching:
             raise _spec_error(
                 source, name, "give 'type: coco' (json, image_root) or 'type: folder' (image_dir)"
             )
-    if kind not in _KEYS:
-        raise _spec_error(source, name, f"unknown type '{kind}' (expected coco, folder, class_folder or seg)")
+        kind = min(matching, key=lambda k: k.infer_priority).name
+    if kind not in DOMAIN_KINDS:
+        raise _spec_error(source, name, f"unknown type '{kind}' (expected {' or '.join(DOMAIN_KINDS)})")
     spec["type"] = kind
-    all_keys = set().union(*_KEYS.values())
+    allowed = DOMAIN_KINDS[kind].keys
+    all_keys = set().union(*(k.keys for k in DOMAIN_KINDS.values()))
     for key in spec:
         if key not in all_keys:
             raise _spec_error(
                 source,
                 name,
-                f"unknown key '{key}' (allowed for type {kind}: {sorted(_KEYS[kind])})",
+                f"unknown key '{key}' (allowed for type {kind}: {sorted(allowed)})",
             )
-        if key not in _KEYS[kind]:
+        if key not in allowed:
             raise _spec_error(
                 source,
                 name,
-                f"key '{key}' does not apply to type {kind} " f"(allowed: {sorted(_KEYS[kind])})",
+                f"key '{key}' does not apply to type {kind} " f"(allowed: {sorted(allowed)})",
             )
-    for key in _KEYS[kind] - _NOT_PATHS:
+    for key in DOMAIN_KINDS[kind].paths:
         if key not in spec:
             raise _spec_error(source, name, f"type {kind} needs '{key}'")
         spec[key] = _resolve(spec[key], base)
@@ -234,12 +237,10 @@ def _normalise(entry: Any, source: str, base: str, name: Optional[str] = None) -
         )
     if "metadata" in spec:
         spec["metadata"] = _check_metadata(spec["metadata"], source, name)
-    if kind == "seg":
-        stuff = spec.get("stuff_classes")
-        if not isinstance(stuff, list) or not stuff or not all(isinstance(c, str) for c in stuff):
-            raise _spec_error(source, name, f"type seg needs stuff_classes, a non-empty list of names, got {stuff!r}")
-        if not isinstance(spec.get("ignore_value", 255), int):
-            raise _spec_error(source, name, f"ignore_value must be an integer, got {spec['ignore_value']!r}")
+    validate = DOMAIN_KINDS[kind].validate
+    problem = validate(spec) if validate is not None else None
+    if problem:
+        raise _spec_error(source, name, problem)
     return spec
 
 
@@ -314,14 +315,8 @@ def _check_path(spec: Dict[str, Any], key: str, source: str, want_dir: bool) -> 
 
 
 def _check_paths(spec: Dict[str, Any], source: str) -> None:
-    if spec["type"] == "coco":
-        _check_path(spec, "json", source, want_dir=False)
-        _check_path(spec, "image_root", source, want_dir=True)
-    elif spec["type"] == "seg":
-        _check_path(spec, "image_dir", source, want_dir=True)
-        _check_path(spec, "label_dir", source, want_dir=True)
-    else:
-        _check_path(spec, "image_dir", source, want_dir=True)
+    for key, is_dir in DOMAIN_KINDS[spec["type"]].paths.items():
+        _check_path(spec, key, source, want_dir=is_dir)
 
 
 def register_domain(spec: Dict[str, Any], source: str = "") -> str:
@@ -331,20 +326,7 @@ def register_domain(spec: Dict[str, Any], source: str = "") -> str:
     what it was trained on.
     """
     _check_paths(spec, source)
-    meta = {"thing_classes": spec["thing_classes"]} if spec.get("thing_classes") else None
-    if spec["type"] == "coco":
-        register_coco_domain(spec["name"], spec["json"], spec["image_root"], metadata=meta)
-    elif spec["type"] == "class_folder":
-        from ..classification.datasets import register_class_folder  # lazy: data does not need classification
-
-        register_class_folder(spec["name"], spec["image_dir"], spec.get("thing_classes"))
-    elif spec["type"] == "seg":
-        from ..segmentation.datasets import register_seg_domain  # local: segmentation imports mic_det.data
-
-        register_seg_domain(spec["name"], spec["image_dir"], spec["label_dir"], spec["stuff_classes"],
-                            ignore_value=spec.get("ignore_value", 255))
-    else:
-        register_image_folder(spec["name"], spec["image_dir"], metadata=meta)
+    DOMAIN_KINDS[spec["type"]].register(spec)
     if spec.get("metadata"):
         set_metadata(spec["name"], **spec["metadata"])
     plain = {k: v for k, v in spec.items() if k != "metadata"}
@@ -371,25 +353,13 @@ def register_domains_from_args(args: argparse.Namespace) -> List[str]:
     entries = []  # (spec, source)
     for path in getattr(args, "domains", None) or []:
         entries.extend((s, f"--domains {path}") for s in load_domains_yaml(path))
-    for name, json_file, image_root in getattr(args, "register_coco", None) or []:
-        spec = {
-            "name": name,
-            "type": "coco",
-            "json": _resolve(json_file, os.getcwd()),
-            "image_root": _resolve(image_root, os.getcwd()),
-        }
-        entries.append((spec, "--register-coco"))
-    for name, image_dir in getattr(args, "register_folder", None) or []:
-        spec = {"name": name, "type": "folder", "image_dir": _resolve(image_dir, os.getcwd())}
-        entries.append((spec, "--register-folder"))
-    for name, image_dir in getattr(args, "register_class_folder", None) or []:
-        spec = {"name": name, "type": "class_folder", "image_dir": _resolve(image_dir, os.getcwd())}
-        entries.append((spec, "--register-class-folder"))
-    for name, image_dir, label_dir, classes in getattr(args, "register_seg", None) or []:
-        spec = {"name": name, "type": "seg", "image_dir": _resolve(image_dir, os.getcwd()),
-                "label_dir": _resolve(label_dir, os.getcwd()), "stuff_classes": parse_classes(classes),
-                "ignore_value": getattr(args, "seg_ignore_value", 255)}
-        entries.append((spec, "--register-seg"))
+    for kind in DOMAIN_KINDS.values():
+        if kind.flag is None:
+            continue
+        for values in getattr(args, kind.flag.dest, None) or []:
+            spec = kind.flag.to_spec(values, args)
+            spec.update((key, _resolve(spec[key], os.getcwd())) for key in kind.paths if key in spec)
+            entries.append((spec, kind.flag.flag))
     seen: Dict[str, str] = {}
     for spec, source in entries:
         if spec["name"] in seen:

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .cli import METADATA_KEYS, normalise_domains, register_domain, registered_domains
+from .kinds import DOMAIN_KINDS
 
 __all__ = [
     "RECORD_FILE",
@@ -45,7 +46,6 @@ RECORD_FILE = "datasets.yaml"
 CHECKPOINT_KEY = "datasets"
 # First line of a record file: a datasets.yaml a user wrote for other purposes is not taken for one.
 _HEADER = "# mic_det run record: the datasets this run was registered with (written by tools/train_net.py)."
-_PATH_KEYS = ("json", "image_root", "image_dir", "label_dir")
 
 
 def _plain(key: str, value: Any) -> Any:
@@ -159,7 +159,8 @@ def _same(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
 
 
 def _check_recorded_paths(spec: Dict[str, Any], where: str) -> None:
-    for key in _PATH_KEYS:
+    kind = DOMAIN_KINDS.get(spec.get("type"))
+    for key in kind.paths if kind is not None else ():
         path = spec.get(key)
         if path is not None and not os.path.exists(path):
             raise FileNotFoundError(

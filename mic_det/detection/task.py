@@ -15,7 +15,7 @@ from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage, get_event_storage
 
 from ..data.mapper import DomainDatasetMapper
-from ..engine.task import MIC_TASK_REGISTRY, MICTask
+from ..task import MIC_TASK_REGISTRY, MICTask
 from .evaluator import build_evaluator
 from .modeling.quality_weight import attach_image_quality
 from .pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
@@ -31,6 +31,7 @@ class DetectionTask(MICTask):
     loss_names = ("loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc")
     pseudo_count_stat = "boxes_per_image"
     dataset_kind = "detection"
+    dataset_description = "boxes, thing_classes"
     meta_architectures = ("DomainAdaptiveRCNN", "GeneralizedRCNN", "RetinaNet", "ProposalNetwork")
 
     def __init__(self, cfg: CfgNode):

@@ -4,7 +4,7 @@ Nothing here knows boxes, masks or class labels: what is task-specific comes
 from the :class:`MICTask` that ``MODEL.TASK`` names.
 """
 from .mic_step import MICStep
-from .task import MIC_TASK_REGISTRY, MICTask, build_task
+from ..task import MIC_TASK_REGISTRY, MICTask, build_task
 from .trainer import MICTrainer, evaluate_models, models_to_evaluate
 
 __all__ = [

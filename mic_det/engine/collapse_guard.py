@@ -203,7 +203,7 @@ class CollapseGuard(HookBase):
     def from_config(cls, cfg: CfgNode, task=None) -> "CollapseGuard":
         """The guard of ``MIC.GUARD.*``, judging the checks that apply to ``task`` (default: ``MODEL.TASK``'s)."""
         if task is None:
-            from .task import build_task
+            from ..task import build_task
 
             task = build_task(cfg)
         g = cfg.MIC.GUARD

@@ -17,7 +17,7 @@ w <- w + e_w; the step above then runs at the perturbed weights, which are
 restored before the optimizer steps with its gradients.
 
 What is task-specific (pseudo-targets, where they go in the input, the
-guard's source signals) is asked of the :class:`~mic_det.engine.task.MICTask`.
+guard's source signals) is asked of the :class:`~mic_det.task.MICTask`.
 """
 import contextlib
 import logging
@@ -38,7 +38,7 @@ from ..teacher import TEACHER_BN_MODES, EMATeacher, batch_norm_on_batch_statisti
 from ..utils import set_torch_rng_states
 from .optimizer_state import optimizer_param_names, remap_optimizer_state
 from .sam import SAMPerturbation, all_reduce_gradients, sam_perturb, sam_restore
-from .task import MICTask, build_task
+from ..task import MICTask, build_task
 
 __all__ = ["MICStep", "resolve_teacher_bn_mode"]
 

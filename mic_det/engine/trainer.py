@@ -21,7 +21,7 @@ from ..utils import get_rng_states, set_host_rng_states
 from .checkpoint_hooks import LastStateBestCheckpointer, SaveOnInterrupt
 from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
-from .task import build_task
+from ..task import build_task
 
 __all__ = [
     "MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "evaluate_models", "models_to_evaluate",
@@ -71,7 +71,7 @@ class MICTrainer(DefaultTrainer):
     (checkpointed with the model so ``--resume`` continues exactly),
     :class:`MICStep` as the step, and evaluation of student and teacher with
     a best-checkpoint hook. Mappers, test loaders and evaluators come from
-    the task (:class:`~mic_det.engine.task.MICTask`).
+    the task (:class:`~mic_det.task.MICTask`).
     """
 
     def __init__(self, cfg: CfgNode):

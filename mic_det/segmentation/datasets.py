@@ -27,7 +27,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from ..data.checks import register_label_file_check
+from ..data.cli import parse_classes
 from ..data.domains import _listed, _replace_registration, image_size, list_images, load_image_folder
+from ..data.kinds import DomainFlag, DomainKind, register_domain_kind
 from .labels import IGNORE, LabelError, read_dataset_label
 
 __all__ = [
@@ -235,3 +238,47 @@ def _register_acdc_all(name: str, split: str) -> str:
     DatasetCatalog.register(name, load)
     return name
 
+
+
+def _seg_entry_problem(spec: Dict) -> Optional[str]:
+    stuff = spec.get("stuff_classes")
+    if not isinstance(stuff, list) or not stuff or not all(isinstance(c, str) for c in stuff):
+        return f"type seg needs stuff_classes, a non-empty list of names, got {stuff!r}"
+    if not isinstance(spec.get("ignore_value", IGNORE), int):
+        return f"ignore_value must be an integer, got {spec['ignore_value']!r}"
+    return None
+
+
+# The user-domain kind of images + label PNGs: ``type: seg`` in a domains YAML (inferred from
+# ``label_dir``), ``--register-seg`` (with ``--seg-ignore-value``) on the command line.
+register_domain_kind(DomainKind(
+    name="seg",
+    register=lambda spec: register_seg_domain(spec["name"], spec["image_dir"], spec["label_dir"],
+                                              spec["stuff_classes"], ignore_value=spec.get("ignore_value", IGNORE)),
+    paths={"image_dir": True, "label_dir": True},
+    options=frozenset({"stuff_classes", "ignore_value"}),
+    infer_key="label_dir",
+    infer_priority=10,
+    validate=_seg_entry_problem,
+    flag=DomainFlag("--register-seg", ("NAME", "IMAGE_DIR", "LABEL_DIR", "CLASSES"),
+                    "register a labelled segmentation set: images, label PNGs of the same names (x.jpg <-> x.png), "
+                    "classes as 'a,b,c' or a .txt file with one name per line (repeatable)",
+                    lambda v, args: {"name": v[0], "type": "seg", "image_dir": v[1], "label_dir": v[2],
+                                     "stuff_classes": parse_classes(v[3]),
+                                     "ignore_value": getattr(args, "seg_ignore_value", IGNORE)}),
+    extra_options=(("--seg-ignore-value", dict(
+        type=int, default=IGNORE, metavar="N",
+        help=f"the label value meaning 'unlabelled' in --register-seg label PNGs (default {IGNORE})")),),
+    summary="image_dir, label_dir, stuff_classes",
+))
+
+
+def _label_problem(dataset_name: str, label_file: str, image_size) -> Optional[str]:
+    try:
+        read_dataset_label(dataset_name, label_file, image_size=image_size)  # as the evaluator reads it
+    except LabelError as e:
+        return str(e)
+    return None
+
+
+register_label_file_check("sem_seg_file_name", _label_problem)

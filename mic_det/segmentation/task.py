@@ -25,7 +25,7 @@ from detectron2.utils.events import EventStorage, get_event_storage
 from torch.utils.data import Sampler
 
 from ..augment import MaskAugmentation
-from ..engine.task import MIC_TASK_REGISTRY, MICTask
+from ..task import MIC_TASK_REGISTRY, MICTask
 from ..teacher import unwrap_model
 from .classmix import class_mix
 from .evaluator import SegReportEvaluator, colourise
@@ -55,6 +55,7 @@ class SegmentationTask(MICTask):
     classes_metadata_key = "stuff_classes"
     num_classes_keys = ("MODEL.SEM_SEG_HEAD.NUM_CLASSES",)
     dataset_kind = "segmentation"
+    dataset_description = "label PNGs, stuff_classes"
     meta_architectures = ("MICSemanticSegmentor", "SemanticSegmentor")
 
     def __init__(self, cfg: CfgNode):
