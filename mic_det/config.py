@@ -6,14 +6,25 @@ unless a comment says otherwise. Detectron2's own keys keep their meaning:
 evaluation sets.
 """
 import numbers
-from typing import Callable, Tuple
+from typing import Any, Callable, List, Tuple
 
 from detectron2.config import CfgNode as CN
 
 from .modeling.mobilenet import add_mobilenet_config
-from .segmentation.config import add_segmentation_config
 
-__all__ = ["add_mic_config", "check_mic_config"]
+__all__ = ["TASK_CONFIG_HOOKS", "add_mic_config", "check_mic_config", "register_task_config"]
+
+#: The ``add_<task>_config`` functions of the task packages, in registration order;
+#: :func:`add_mic_config` calls each on the config it builds.
+TASK_CONFIG_HOOKS: List[Callable[[CN], Any]] = []
+
+
+def register_task_config(add_config: Callable[[CN], Any]) -> Callable[[CN], Any]:
+    """Have :func:`add_mic_config` call ``add_config(cfg)`` (a task's ``add_<task>_config``, which adds
+    its keys in place); a decorator, as a task package registers its config at import."""
+    if add_config not in TASK_CONFIG_HOOKS:
+        TASK_CONFIG_HOOKS.append(add_config)
+    return add_config
 
 
 def add_mic_config(cfg: CN) -> CN:
@@ -232,11 +243,8 @@ def add_mic_config(cfg: CN) -> CN:
     # "max" or "min".
     _C.TEST.BEST_CHECKPOINT.MODE = "max"
     add_mobilenet_config(_C)  # MODEL.MOBILENET.* (mic_det/modeling/mobilenet.py)
-    add_segmentation_config(_C)  # SEG.* and Detectron2's DeepLab keys (mic_det/segmentation/config.py)
-
-    from .classification.config import add_classification_config  # lazy: that package registers its models
-
-    add_classification_config(_C)  # MODEL.CLASSIFIER, INPUT.CLS, UDA.CDAN/MCC, MIC.CLS_PSEUDO_WEIGHT
+    for add_task_config in TASK_CONFIG_HOOKS:  # e.g. SEG.* (mic_det/segmentation/config.py)
+        add_task_config(_C)
     return cfg
 
 

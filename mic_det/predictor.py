@@ -33,6 +33,7 @@ from detectron2.structures import Instances
 from . import data as _data  # noqa: F401  (registers the built-in datasets)
 from . import detection as _detection  # noqa: F401  (registers DomainAdaptiveRCNN and its heads)
 from .config_loading import build_config
+from .data.builtin import register_config_data
 from .data.checks import dataset_names
 from .data.run_record import restore_run_datasets
 from .detection.evaluator import ensure_class_metadata
@@ -109,8 +110,7 @@ def predictor_config(
         cfg = merge_config(config.clone(), None, list(opts))
     else:
         cfg = build_config(config, list(opts))
-    if cfg.DATASETS.SYNTHETIC_ROOT:
-        _data.register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
+    register_config_data(cfg)  # each task's built-in sets under the roots the config names
     restore_run_datasets(None if isinstance(config, CfgNode) else config, weights,
                          needed=[name for _, name in dataset_names(cfg)], classes_only=True)
     cfg.MODEL.WEIGHTS = weights

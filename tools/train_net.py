@@ -33,8 +33,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 import mic_det  # noqa: F401  (registers mic_det's models and datasets)
-from mic_det.classification import register_synthetic_crops
 from mic_det.config_loading import build_config
+from mic_det.data.builtin import register_config_data
 from mic_det.data.checks import check_domain_classes, check_test_images, check_training_sets, dataset_names
 from mic_det.data.cli import add_domain_arguments, parse_args, register_domains_from_args
 from mic_det.data.run_record import (
@@ -44,11 +44,9 @@ from mic_det.data.run_record import (
     restore_run_datasets,
     write_run_record,
 )
-from mic_det.data.synthetic import register_synthetic_pair
 from mic_det.engine import MICTrainer, evaluate_models, models_to_evaluate
 from mic_det.engine.checkpoint_hooks import TrainingInterrupted
 from mic_det.predictor import check_weights_file
-from mic_det.segmentation import register_synthetic_seg_pair
 from mic_det.teacher import EMATeacher, teacher_weights_from_checkpoint
 from mic_det.user_errors import exit_on_input_error
 
@@ -104,12 +102,7 @@ def setup(args):
     cfg.freeze()
     if args.eval_only:
         check_weights_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
-    if cfg.DATASETS.SYNTHETIC_ROOT:
-        register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
-    if cfg.DATASETS.SYNTHETIC_CLS_ROOT:
-        register_synthetic_crops(cfg.DATASETS.SYNTHETIC_CLS_ROOT)
-    if cfg.SEG.SYNTHETIC_ROOT:
-        register_synthetic_seg_pair(cfg.SEG.SYNTHETIC_ROOT)
+    register_config_data(cfg)  # each task's built-in sets under the roots the config names
     register_domains_from_args(args)
     # The datasets of the run whose config (or, to evaluate, weights) this is; flags given here win.
     restore_run_datasets(args.config_file, cfg.MODEL.WEIGHTS if args.eval_only else None,

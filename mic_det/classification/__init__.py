@@ -7,6 +7,7 @@ Office-Home, Office-31; read when first loaded) and the built-in crops
 ``synthetic_cls_{clear,foggy,night}_{train,val}`` (generated on first load).
 """
 from .alignment import CDANDiscriminator, cdan_input, cdan_loss, mcc_loss, warm_grl_coefficient
+from .config import add_classification_config
 from .datasets import register_all_classification_benchmarks, register_class_folder, register_image_list
 from .evaluator import ClassificationEvaluator, accuracy_summary
 from .meta_arch import MICClassifier
@@ -14,7 +15,7 @@ from .synthetic_crops import register_synthetic_crops
 from .task import ClassificationTask, pseudo_labels_from_scores
 
 __all__ = [
-    "CDANDiscriminator", "ClassificationEvaluator", "ClassificationTask", "MICClassifier", "accuracy_summary",
+    "CDANDiscriminator", "ClassificationEvaluator", "add_classification_config", "ClassificationTask", "MICClassifier", "accuracy_summary",
     "cdan_input", "cdan_loss", "mcc_loss", "pseudo_labels_from_scores", "register_all_classification_benchmarks",
     "register_class_folder", "register_image_list", "register_synthetic_crops", "warm_grl_coefficient",
 ]

@@ -7,9 +7,12 @@ so a detection config never sees a difference.
 """
 from detectron2.config import CfgNode as CN
 
+from ..config import register_task_config
+
 __all__ = ["add_classification_config"]
 
 
+@register_task_config
 def add_classification_config(cfg: CN) -> CN:
     """Add the classification keys to ``cfg`` in place (and return it)."""
     _C = cfg

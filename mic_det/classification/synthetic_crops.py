@@ -36,6 +36,7 @@ from typing import Dict, List, Mapping, Optional
 import cv2
 import numpy as np
 
+from ..data.builtin import register_config_data_hook
 from ..data.low_light import LowLight, describe
 from ..data.synthetic import DEFAULT_NIGHT, SYNTHETIC_CLASSES
 from ..data.synthetic.registration import generate_once
@@ -206,3 +207,10 @@ def register_synthetic_crops(root: Optional[str] = None, prefix: str = "syntheti
         register_classification_set(name, load, dict(thing_classes=list(SYNTHETIC_CLASSES), domain=domain))
         names.append(name)
     return names
+
+
+@register_config_data_hook
+def register_synthetic_crops_of_config(cfg) -> None:
+    """The built-in classification crops under ``DATASETS.SYNTHETIC_CLS_ROOT``, if set."""
+    if cfg.DATASETS.SYNTHETIC_CLS_ROOT:
+        register_synthetic_crops(cfg.DATASETS.SYNTHETIC_CLS_ROOT)

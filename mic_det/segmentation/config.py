@@ -1,15 +1,18 @@
 """The config keys of semantic segmentation under MIC (``SEG.*``) and Detectron2's DeepLab keys.
 
-Called once from :func:`mic_det.config.add_mic_config`, so every mic_det
-config knows them; a detection config simply never reads them. Defaults are
+Registered with :func:`mic_det.config.register_task_config`, so
+:func:`~mic_det.config.add_mic_config` adds them to every mic_det config; a detection config simply never reads them. Defaults are
 the reference's (lhoyer/MIC ``seg/``, DAFormer's DACS) unless a comment says why not.
 """
 from detectron2.config import CfgNode as CN
 from detectron2.projects.deeplab import add_deeplab_config
 
+from ..config import register_task_config
+
 __all__ = ["add_segmentation_config"]
 
 
+@register_task_config
 def add_segmentation_config(cfg: CN) -> CN:
     """Add the ``SEG`` node and Detectron2's DeepLab keys to ``cfg`` in place."""
     if "SINGLE_CATEGORY_MAX_AREA" not in cfg.INPUT.CROP:

@@ -29,6 +29,7 @@ from typing import List, Mapping, Optional
 import cv2
 import numpy as np
 
+from ..data.builtin import register_config_data_hook
 from ..data.low_light import LowLight, describe
 from ..data.synthetic import DEFAULT_ATMOSPHERIC_LIGHT, DEFAULT_BETA, DEFAULT_NIGHT, GENERATOR_VERSION
 from ..data.synthetic import SEMANTIC_CLASSES, generate_labelled_scene, generate_once
@@ -205,3 +206,10 @@ def register_synthetic_seg_pair(root: str, prefix: str = "synthetic_seg", genera
         DatasetCatalog.register(name, load)
         names.append(name)
     return names
+
+
+@register_config_data_hook
+def register_synthetic_seg_pair_of_config(cfg) -> None:
+    """The built-in segmentation pair under ``SEG.SYNTHETIC_ROOT``, if set."""
+    if cfg.SEG.SYNTHETIC_ROOT:
+        register_synthetic_seg_pair(cfg.SEG.SYNTHETIC_ROOT)
