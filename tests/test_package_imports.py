@@ -101,3 +101,10 @@ def test_the_import_walk_finds_the_imports_the_layer_tests_rely_on():
     assert "data" in graph["engine"]  # engine/mic_step.py: from ..data.build import target_batch_size
     assert "task" in graph["detection"]  # detection/task.py: from ..task import MIC_TASK_REGISTRY, MICTask
     assert "data" in graph["segmentation"]  # segmentation/datasets.py: from ..data.kinds import ...
+
+
+def test_no_task_package_imports_another():
+    """What two tasks share (gradient reversal, domain labels, report names) lives in a shared part."""
+    graph = _part_graph()
+    found = {f"{sorted(graph[s][t])} -> mic_det.{t}" for s in TASKS for t in (TASKS - {s}) & set(graph.get(s, {}))}
+    assert not found, found

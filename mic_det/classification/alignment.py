@@ -14,7 +14,7 @@
   Minimising it makes target predictions confident and keeps classes apart
   without any label.
 
-The gradient-reversal layer is detection's (:func:`grad_reverse`), shared, not copied.
+The gradient-reversal layer is the one detection's SADA uses (:func:`mic_det.modeling.grl.grad_reverse`).
 """
 import math
 from typing import Optional
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..detection.modeling.domain_alignment import SOURCE_LABEL, TARGET_LABEL, grad_reverse
+from ..modeling.grl import SOURCE_LABEL, TARGET_LABEL, grad_reverse
 
 __all__ = ["mcc_loss", "cdan_input", "cdan_loss", "warm_grl_coefficient", "CDANDiscriminator"]
 

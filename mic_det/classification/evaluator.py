@@ -20,7 +20,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
-from ..detection.reports import report_basename
+from ..evaluation.reports import report_basename
 from ..evaluation.figures import new_figure
 
 __all__ = ["ClassificationEvaluator", "accuracy_summary", "plot_confusion_matrix"]

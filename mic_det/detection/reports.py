@@ -24,13 +24,13 @@ json has no NaN) and as ``nan`` in tables.
 
 import json
 import math
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tabulate import tabulate
 
 from ..evaluation.figures import new_figure
+from ..evaluation.reports import report_basename
 
 __all__ = [
     "PER_CLASS_COLUMNS",
@@ -53,12 +53,6 @@ PER_CLASS_COLUMNS: Tuple[Tuple[str, str], ...] = (
 COCO_SUMMARY_KEYS: Tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 FLOAT_FORMAT = ".2f"
 Series = Tuple[Sequence[float], Sequence[float]]
-
-
-def report_basename(model_tag: str, dataset: str, iteration: int) -> str:
-    """``report_<model>_<dataset>_iter<iteration>``; path separators in names become ``_``."""
-    safe = [str(x).replace(os.sep, "_").replace("/", "_") for x in (model_tag, dataset)]
-    return f"report_{safe[0]}_{safe[1]}_iter{int(iteration)}"
 
 
 def _num(value: Optional[float]) -> float:

@@ -26,14 +26,15 @@ from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils import comm
 
 from ..evaluation.figures import new_figure
+from ..evaluation.reports import report_basename as shared_report_basename
 from .labels import IGNORE, read_dataset_label
 
 __all__ = ["SegReportEvaluator", "report_basename", "colourise"]
 
 
 def report_basename(model_tag: str, dataset: str, iteration: int) -> str:
-    safe = [str(x).replace(os.sep, "_").replace("/", "_") for x in (model_tag, dataset)]
-    return f"seg_report_{safe[0]}_{safe[1]}_iter{iteration}"
+    """``seg_report_<model>_<dataset>_iter<iteration>`` (:func:`mic_det.evaluation.reports.report_basename`)."""
+    return shared_report_basename(model_tag, dataset, iteration, prefix="seg_report")
 
 
 def colourise(label: np.ndarray, num_classes: int) -> np.ndarray:

@@ -66,6 +66,8 @@ from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels
 from detectron2.structures import Boxes
 from torch import nn
 
+from ...modeling.grl import SOURCE_LABEL, TARGET_LABEL, GradientReversal, grad_reverse, grad_scale
+
 __all__ = [
     "GradientReversal",
     "grad_reverse",
@@ -76,51 +78,6 @@ __all__ = [
     "SOURCE_LABEL",
     "TARGET_LABEL",
 ]
-
-# The reference's domain labels (its image and instance masks are ``is_source``).
-SOURCE_LABEL, TARGET_LABEL = 1.0, 0.0
-
-
-class _GradientScale(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight: float):
-        ctx.weight = weight
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad * ctx.weight, None
-
-
-def grad_scale(x: torch.Tensor, weight: float) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by ``weight`` (any sign) backward.
-
-    The reference's ``GradientScalarLayer``: a negative weight is a gradient
-    reversal layer, a positive one (the consistency term's) only scales.
-    """
-    return _GradientScale.apply(x, weight)
-
-
-def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-    """Identity forward; multiplies the gradient by ``-weight`` backward.
-
-    The discriminator minimises its loss while the features upstream receive the
-    opposite gradient, i.e. learn to make the domains indistinguishable.
-    """
-    return grad_scale(x, -weight)
-
-
-class GradientReversal(nn.Module):
-    def __init__(self, weight: float = 1.0):
-        super().__init__()
-        self.weight = weight
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grad_reverse(x, self.weight)
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight}"
-
 
 class ImageDomainDiscriminator(nn.Module):
     """1x1-conv per-pixel domain classifier: C -> hidden -> 1 logit per pixel.
