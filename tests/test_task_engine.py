@@ -354,6 +354,15 @@ def test_self_training_without_masking_and_the_ema_ramp(tmp_path):
     assert all(torch.equal(student[k], teacher[k]) for k in student)
 
 
+def test_the_trainer_builds_its_task_once(tmp_path, monkeypatch):
+    """One task object serves the loaders, the step, the guard and every evaluation."""
+    built = []
+    init = ToyColourTask.__init__
+    monkeypatch.setattr(ToyColourTask, "__init__", lambda self, cfg: (built.append(cfg), init(self, cfg))[1])
+    trainer = _toy_trainer(tmp_path, "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2", "MIC.BURN_IN_ITERS", "2")
+    assert len(built) == 1 and trainer._trainer.task is trainer.task
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["record"]:
     # python -m tests.test_task_engine record [detection|segmentation|classification ...]
     import tempfile

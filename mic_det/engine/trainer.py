@@ -21,7 +21,7 @@ from ..utils import get_rng_states, set_host_rng_states
 from .checkpoint_hooks import LastStateBestCheckpointer, SaveOnInterrupt
 from .collapse_guard import CollapseGuard
 from .mic_step import MICStep
-from ..task import build_task
+from ..task import MICTask, build_task
 
 __all__ = [
     "MICTrainer", "ddp_find_unused_parameters", "divergence_hint", "evaluate_models", "models_to_evaluate",
@@ -84,7 +84,7 @@ class MICTrainer(DefaultTrainer):
         self.task = build_task(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        source_loader = self.build_train_loader(cfg)
+        source_loader = self.build_train_loader(cfg, self.task)
         target_loader = None
         if cfg.MIC.ENABLED or cfg.UDA.ENABLED:
             target_loader = build_target_loader(cfg, self.task.build_train_mapper(cfg, labelled=False))
@@ -168,8 +168,9 @@ class MICTrainer(DefaultTrainer):
 
     # -------------------------------------------------------------- builders
     @classmethod
-    def build_train_loader(cls, cfg):
-        task = build_task(cfg)
+    def build_train_loader(cls, cfg, task: Optional[MICTask] = None):
+        """The labelled source stream, with the mapper and sampler of ``task`` (default: ``MODEL.TASK``'s)."""
+        task = task if task is not None else build_task(cfg)
         return build_source_loader(cfg, task.build_train_mapper(cfg, labelled=True),
                                    sampler_for=lambda dicts: task.build_source_sampler(cfg, dicts))
 
@@ -231,7 +232,8 @@ class MICTrainer(DefaultTrainer):
             teacher = self.teacher if self.iter >= cfg.MIC.BURN_IN_ITERS else None
             if teacher is None and cfg.TEST.EVAL_MODEL == "teacher":
                 return {}
-            self._last_eval_results = evaluate_models(cfg, models_to_evaluate(cfg, self.model, teacher), self.iter)
+            self._last_eval_results = evaluate_models(cfg, models_to_evaluate(cfg, self.model, teacher), self.iter,
+                                                      self.task)
             log_teacher_student_gap(self._last_eval_results, cfg.TEST.BEST_CHECKPOINT.METRIC, self.storage)
             return self._last_eval_results
 
@@ -384,14 +386,16 @@ def _config_path(cfg: CfgNode) -> str:
     return os.path.join(cfg.OUTPUT_DIR, "config.yaml")
 
 
-def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration: int = -1) -> Dict:
-    """Evaluate each model on every ``DATASETS.TEST`` set.
+def evaluate_models(cfg: CfgNode, models: Dict[str, torch.nn.Module], iteration: int = -1,
+                    task: Optional[MICTask] = None) -> Dict:
+    """Evaluate each model on every ``DATASETS.TEST`` set, with the test loaders and evaluators of
+    ``task`` (default: ``MODEL.TASK``'s).
 
     Returns ``{tag: {dataset: {<task>: {...}}}}`` (detection: ``"bbox"``);
     Detectron2's EvalHook flattens it to ``<tag>/<dataset>/bbox/AP50`` in the
     event storage, so TensorBoard and ``metrics.json`` keep student and teacher apart.
     """
-    task = build_task(cfg)
+    task = task if task is not None else build_task(cfg)
     results = OrderedDict((tag, OrderedDict()) for tag in models)
     output_dir = os.path.join(cfg.OUTPUT_DIR, "inference")
     for dataset_name in cfg.DATASETS.TEST:
