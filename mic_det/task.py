@@ -69,6 +69,9 @@ class MICTask:
     #: The config keys of the model's class count that must equal the datasets' number of classes;
     #: None = Detectron2's box heads (``MODEL.ROI_HEADS.NUM_CLASSES`` / ``MODEL.RETINANET.NUM_CLASSES``).
     num_classes_keys: Optional[Tuple[str, ...]] = None
+    #: Whether 0 at :attr:`num_classes_keys` means "the training set's number of classes" (the model
+    #: reads it from the data), which the start-up check then accepts.
+    num_classes_from_data: bool = False
     #: ``MODEL.META_ARCHITECTURE`` names of the networks the task trains. The start-up check
     #: (:func:`mic_det.data.checks.check_task_fits`) refuses a network another task lists and this
     #: one does not; a network no task lists (a user's own) passes.

@@ -48,7 +48,8 @@ class ClassificationTask(MICTask):
     # MIC.TEACHER_BN_MODE "auto": BatchNorm on the target batch's statistics, as the
     # reference's classification teacher (never put in eval mode).
     teacher_bn_mode = "train"
-    num_classes_keys = ("MODEL.CLASSIFIER.NUM_CLASSES",)  # 0 there = from the training set (data/checks.py)
+    num_classes_keys = ("MODEL.CLASSIFIER.NUM_CLASSES",)
+    num_classes_from_data = True  # MODEL.CLASSIFIER.NUM_CLASSES 0: from the training set
     dataset_kind = "classification"
     dataset_description = "one class per image, thing_classes"
     meta_architectures = ("MICClassifier",)

@@ -89,22 +89,17 @@ def _thing_classes(name: str, key: str = "thing_classes") -> Optional[List[str]]
     return list(classes) if classes is not None else None
 
 
-def _task_class_keys(cfg) -> Tuple[str, Optional[Sequence[str]]]:
-    """The metadata key of the class list and the config keys of the model's class count, per task.
-
-    The task class names them (:attr:`~mic_det.task.MICTask.classes_metadata_key`,
-    :attr:`~mic_det.task.MICTask.num_classes_keys`); an unregistered ``MODEL.TASK`` gets
-    detection's (``thing_classes``, Detectron2's box-head keys).
-    """
-
+def _task_class(cfg) -> type:
+    """The task class of ``MODEL.TASK``, whose attributes name the metadata key of the class list
+    (:attr:`~mic_det.task.MICTask.classes_metadata_key`) and the config keys of the model's class
+    count (:attr:`~mic_det.task.MICTask.num_classes_keys`); :class:`~mic_det.task.MICTask`'s
+    (detection's) for an unregistered name."""
     name = cfg.MODEL.get("TASK", "")
-    task = MIC_TASK_REGISTRY.get(name) if name in MIC_TASK_REGISTRY else MICTask
-    return task.classes_metadata_key, task.num_classes_keys
+    return MIC_TASK_REGISTRY.get(name) if name in MIC_TASK_REGISTRY else MICTask
 
 
 def _kind_descriptions() -> Dict[str, str]:
     """What each kind of dataset holds (the registered tasks' ``dataset_description``), for messages."""
-
     return {cls.dataset_kind: cls.dataset_description for _, cls in MIC_TASK_REGISTRY if cls.dataset_kind}
 
 
@@ -135,14 +130,13 @@ def check_task_fits(cfg) -> None:
     kind of dataset it learns from (:class:`~mic_det.task.MICTask`); one
     ``ValueError`` names every mismatch and the task that fits, if one does.
     """
-
     name = cfg.MODEL.TASK
     tasks = dict(MIC_TASK_REGISTRY)
     if name not in tasks:
         raise KeyError(f"MODEL.TASK {name!r} is not a registered task; registered: {sorted(tasks)}")
     task, arch = tasks[name], cfg.MODEL.META_ARCHITECTURE
     problems = []
-    owners = [t for t, cls in sorted(tasks.items()) if arch in getattr(cls, "meta_architectures", ())]
+    owners = [t for t, cls in sorted(tasks.items()) if arch in cls.meta_architectures]
     if owners and name not in owners:
         problems.append(
             f"MODEL.META_ARCHITECTURE {arch} is a network of {' / '.join(owners)} "
@@ -162,7 +156,7 @@ def check_task_fits(cfg) -> None:
         return
     fitting = [
         t for t, cls in sorted(tasks.items())
-        if t != name and (not owners or t in owners) and all(k == getattr(cls, "dataset_kind", "") for k in kinds)
+        if t != name and (not owners or t in owners) and all(k == cls.dataset_kind for k in kinds)
     ]
     hint = (
         f"Set MODEL.TASK {fitting[0]} (the task of this network and these datasets), or start"
@@ -184,7 +178,8 @@ def check_domain_classes(cfg) -> None:
     """
     check_datasets_registered(cfg)
     check_task_fits(cfg)
-    class_key, num_keys = _task_class_keys(cfg)
+    task = _task_class(cfg)
+    class_key = task.classes_metadata_key
     lists: Dict[str, List[str]] = {}
     for key, name in dataset_names(cfg):
         if key == "DATASETS.TRAIN_TARGET" and not is_labelled(name):
@@ -214,10 +209,11 @@ def check_domain_classes(cfg) -> None:
                 f"  {ref_name}: {ref}\n"
                 f"  {other_name}: {other}\n" + hint
             )
-    _check_num_classes(cfg, len(ref), ref_name, ref, num_keys)
+    _check_num_classes(cfg, len(ref), ref_name, ref, task)
 
 
-def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str], keys: Optional[Sequence[str]] = None) -> None:
+def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str], task: type) -> None:
+    keys = task.num_classes_keys
     if keys is None:
         keys = ["MODEL.ROI_HEADS.NUM_CLASSES"]
         if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE:
@@ -226,8 +222,8 @@ def _check_num_classes(cfg, num: int, ref_name: str, ref: Sequence[str], keys: O
         node = cfg
         for part in key.split("."):
             node = node[part]
-        if node == 0 and key == "MODEL.CLASSIFIER.NUM_CLASSES":
-            continue  # 0 = taken from the training set (mic_det/classification/config.py)
+        if node == 0 and task.num_classes_from_data:
+            continue  # 0 = taken from the training set
         if node != num:
             raise ValueError(
                 f"{key} is {node} but the datasets have {num} classes "
