@@ -1,4 +1,4 @@
-"""Mistakes that used to pass silently, or fail late or unreadably, now fail at once with one clear line."""
+"""Input mistakes (config keys, eval-only weights, test images, COCO boxes, output folders) fail at once with one clear line."""
 import glob
 import importlib.util
 import json
