@@ -266,7 +266,9 @@ def test_hidden_blocks_reach_the_student_as_the_mean_colour(tiny_pair, tmp_path)
     for i, (h, w) in enumerate(masked.image_sizes):
         assert (h, w) == tuple(unmasked.image_sizes[i]) and (h, w) != (padded_h, padded_w)
         hidden = mask[i, 0, :h, :w] == 0
-        assert 0.2 < hidden.float().mean().item() < 0.8
+        # Both kinds of pixel are there to compare. The hidden share of these 4 x 5 blocks of 32 px
+        # varies by +-0.11 around the ratio; its statistics are pinned in tests/test_masking.py.
+        assert 0 < hidden.float().mean().item() < 1
         # What the student is given, in pixel space.
         pixels = masked_inputs[i]["image"]
         original = target_in[i]["image"].float()
