@@ -40,7 +40,7 @@ from torchvision.ops import batched_nms
 
 import mic_det  # noqa: F401  (registers the built-in datasets only; no model code is used)
 from mic_det import add_mic_config
-from mic_det.data import register_synthetic_pair
+from mic_det.data.builtin import register_config_data
 
 
 def setup(argv=None):
@@ -55,8 +55,7 @@ def setup(argv=None):
     cfg.merge_from_list(args.opts)
     cfg.MODEL.META_ARCHITECTURE, cfg.MODEL.PROPOSAL_GENERATOR.NAME = "GeneralizedRCNN", "RPN"
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads"
-    if cfg.DATASETS.SYNTHETIC_ROOT:
-        register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
+    register_config_data(cfg)  # the built-in pair, as tools/train_net.py registers it
     return cfg, args.weights
 
 

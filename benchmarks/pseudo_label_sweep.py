@@ -74,7 +74,7 @@ def main(argv=None) -> List[Dict]:
     import mic_det  # noqa: F401
     from mic_det import add_mic_config
     from mic_det.data.mapper import DomainDatasetMapper
-    from mic_det.data.synthetic import register_synthetic_pair
+    from mic_det.data.builtin import register_config_data
     from mic_det.engine import MICTrainer
     from mic_det.teacher import teacher_weights_from_checkpoint
 
@@ -82,8 +82,7 @@ def main(argv=None) -> List[Dict]:
     add_mic_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    if cfg.DATASETS.SYNTHETIC_ROOT:
-        register_synthetic_pair(cfg.DATASETS.SYNTHETIC_ROOT)
+    register_config_data(cfg)
     thresholds = [float(t) for t in args.thresholds.split(",")]
 
     dicts = DatasetCatalog.get(args.dataset)
