@@ -14,5 +14,5 @@ setup(
     python_requires=">=3.8",
     packages=find_packages(include=["mic_det", "mic_det.*"]),
     install_requires=["numpy", "opencv-python-headless", "pycocotools", "fvcore", "iopath", "matplotlib"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
 )
