@@ -60,7 +60,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRESS_SECONDS = 30.0  # between progress lines of a run (--progress-every; 0: none)
 RESERVED_KEYS = {
     "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "DATASETS.TEST", "SEED",
-    "OUTPUT_DIR", "MIC.BURN_IN_ITERS", "UDA.START_ITER", "MODEL.WEIGHTS",
+    "OUTPUT_DIR", "MIC.BURN_IN_ITERS", "UDA.START_ITER", "MODEL.WEIGHTS", "SOLVER.RESTART_ITERS",
 }
 METRICS = ("target_AP50", "target_AP", "source_AP50", "source_AP")
 KEY_METRIC = "target_AP50"
@@ -208,6 +208,7 @@ SOURCE_CONFIG = "configs/synthetic/source_only.yaml"  # the clear source, shared
 
 def source_options(seed: int, budget: Budget) -> List[str]:
     return ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
+            "SOLVER.RESTART_ITERS", "()",
             "SOLVER.CHECKPOINT_PERIOD", str(budget.source_iters), "TEST.EVAL_PERIOD", "0",
             "DATASETS.TEST", "()"] + source_overrides(budget.overrides)
 
@@ -239,7 +240,7 @@ def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[in
 def adapt_command(method: str, seed: int, out: str, budget: Budget, source_dir: str) -> List[str]:
     opts = [
         "OUTPUT_DIR", out, "SEED", str(seed),
-        "SOLVER.MAX_ITER", str(budget.total), "SOLVER.STEPS", f"({budget.lr_step},)",
+        "SOLVER.MAX_ITER", str(budget.total), *budget.adapt_schedule,
         "SOLVER.CHECKPOINT_PERIOD", str(budget.adapt_iters),
         # Every eval_period steps of the adaptation (the period divides the source steps too), else once at the end.
         "TEST.EVAL_PERIOD", str(math.gcd(budget.eval_period, budget.source_iters) if budget.eval_period else budget.total),
@@ -373,7 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     columns = [("target AP50", "target_AP50"), ("target AP", "target_AP"), ("source AP50", "source_AP50")]
     lines = [f"## Adaptation benchmark: built-in clear -> {budget.shift}", "",
              f"Source model: {budget.source_iters} steps (lr x0.1 at {budget.lr_step}); every method then "
-             f"{budget.adapt_iters} steps from it. Seeds {budget.seeds}. Overrides: {' '.join(budget.overrides) or 'none'}.",
+             f"{budget.adapt_iters} steps from it (lr restarted, x0.1 at {budget.adapt_lr_step}). Seeds {budget.seeds}. Overrides: {' '.join(budget.overrides) or 'none'}.",
              "", *main_table(summary, LABELS, columns), "", "Verdicts:", *verdict_lines(checks), "",
              "Per-class target AP50 (mean over seeds):", "",
              *class_table(summary, LABELS, "target_AP50_per_class", info.get("classes", ()))]

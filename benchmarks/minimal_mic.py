@@ -12,14 +12,13 @@ at least match it from the same source checkpoint.
     python -m benchmarks.minimal_mic --config-file configs/synthetic/mic.yaml \\
         --weights <source>/model_0001999.pth OUTPUT_DIR out SOLVER.MAX_ITER 3000 MIC.BURN_IN_ITERS 2000 ...
 
-Runs ``SOLVER.MAX_ITER - MIC.BURN_IN_ITERS`` steps at the schedule's lr at the
-burn-in, then writes one metrics.json line shaped like tools/train_net.py's,
+Runs ``SOLVER.MAX_ITER - MIC.BURN_IN_ITERS`` steps on the lr the trainer's
+schedule gives them (``SOLVER.STEPS`` and ``SOLVER.RESTART_ITERS``), then writes one metrics.json line shaped like tools/train_net.py's,
 and a ``log.txt`` (Detectron2's logger) ending with the training time in the
 words of Detectron2's timer, so the benchmark's report reads it for this run
 as for any other.
 """
 import argparse
-import bisect
 import copy
 import datetime
 import json
@@ -32,7 +31,7 @@ from detectron2.config import get_cfg
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
 from detectron2.modeling import build_model
-from detectron2.solver import build_optimizer
+from detectron2.solver import LRMultiplier, build_optimizer
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage
 from detectron2.utils.logger import setup_logger
@@ -41,6 +40,7 @@ from torchvision.ops import batched_nms
 import mic_det  # noqa: F401  (registers the built-in datasets only; no model code is used)
 from mic_det import add_mic_config
 from mic_det.data.builtin import register_config_data
+from mic_det.engine.lr_schedule import build_lr_scheduler
 
 
 def setup(argv=None):
@@ -75,8 +75,10 @@ def main(argv=None):
     DetectionCheckpointer(model).load(weights)
     teacher = copy.deepcopy(model).eval()
     cfg.defrost()
-    cfg.SOLVER.BASE_LR *= cfg.SOLVER.GAMMA ** bisect.bisect_right(list(cfg.SOLVER.STEPS), cfg.MIC.BURN_IN_ITERS)
     optimizer = build_optimizer(cfg, model)
+    # The run's schedule from the burn-in on: its multiplier, entered at iteration BURN_IN_ITERS.
+    multiplier = build_lr_scheduler(cfg, optimizer)._multiplier
+    scheduler = LRMultiplier(optimizer, multiplier, cfg.SOLVER.MAX_ITER, last_iter=cfg.MIC.BURN_IN_ITERS - 1)
     source = iter(build_detection_train_loader(cfg))
     cfg.DATASETS.TRAIN = cfg.DATASETS.TRAIN_TARGET
     target = iter(build_detection_train_loader(cfg))
@@ -106,6 +108,7 @@ def main(argv=None):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            scheduler.step()
             with torch.no_grad():
                 s_state = model.state_dict()
                 for name, t_val in teacher.state_dict().items():

@@ -53,6 +53,14 @@ class Budget:
         return int(0.75 * self.source_iters)
 
     @property
+    def adapt_lr_step(self) -> int:
+        return adaptation_lr_step(self.source_iters, self.adapt_iters)
+
+    @property
+    def adapt_schedule(self) -> List[str]:
+        return adaptation_schedule(self.source_iters, self.adapt_iters)
+
+    @property
     def checkpoint(self) -> str:
         return f"model_{self.source_iters - 1:07d}.pth"
 
@@ -62,3 +70,21 @@ class Budget:
     @property
     def target_val(self) -> str:
         return SHIFTS[self.shift][1]
+
+
+def adaptation_lr_step(source_iters: int, adapt_iters: int) -> int:
+    """Adaptation restarts the schedule (``SOLVER.RESTART_ITERS``) and decays at 75% of its own steps."""
+    return source_iters + int(0.75 * adapt_iters)
+
+
+def adaptation_schedule(source_iters: int, adapt_iters: int, restart: bool = True) -> List[str]:
+    """A whole run's schedule options: the source model's (lr x0.1 at 75%), then adaptation's.
+
+    With ``restart`` adaptation starts over at the full lr (the detection and segmentation
+    configs); without it, it goes on at the source schedule's decayed lr.
+    """
+    source_step = int(0.75 * source_iters)
+    if not restart:
+        return ["SOLVER.STEPS", f"({source_step},)", "SOLVER.RESTART_ITERS", "()"]
+    return ["SOLVER.STEPS", f"({source_step},{adaptation_lr_step(source_iters, adapt_iters)})",
+            "SOLVER.RESTART_ITERS", f"({source_iters},)"]

@@ -51,6 +51,7 @@ from .adaptation import config_chain_values, execute, machine_info
 from .bench_report import main_table, to_json, verdict_lines
 from .bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder
 from .bench_stats import SIGNIFICANCE, paired, summarize, verdicts
+from .protocol import adaptation_schedule
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,6 +70,8 @@ class TaskBench:
     source_iters: int
     adapt_iters: int
     shift: str = "fog"
+    # Adaptation restarts the lr schedule (SOLVER.RESTART_ITERS), as the task's configs do.
+    restart: bool = False
     # The control's config folder the source model is trained with (the clear source, shared by the shifts).
     source_config_dir: str = ""
 
@@ -85,7 +88,7 @@ TASKS: Dict[str, TaskBench] = {
         metrics={"target_mIoU": ("target", "sem_seg/mIoU"), "target_pACC": ("target", "sem_seg/pACC"),
                  "source_mIoU": ("source", "sem_seg/mIoU")},
         key_metric="target_mIoU", speed_target=1.5,
-        source_iters=400, adapt_iters=150,
+        source_iters=400, adapt_iters=150, restart=True,
     ),
     "cls": TaskBench(
         title="Classification: built-in crops, clear -> foggy",
@@ -124,7 +127,7 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
     """Train (or find) the seed's source model; returns its folder."""
     config = os.path.join(REPO, task.source_config_dir or task.config_dir, task.methods["control"][1])
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.75 * iters)},)",
-            "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
+            "SOLVER.RESTART_ITERS", "()", "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
     opts += source_overrides(overrides)
     key = hashlib.sha1(json.dumps([config_chain_values(config), opts], sort_keys=True).encode()).hexdigest()[:12]
     folder = os.path.basename(task.source_config_dir or task.config_dir)
@@ -169,7 +172,7 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
     cmd = [sys.executable, "tools/train_net.py", "--config-file",
            os.path.join(REPO, task.config_dir, task.methods[method][1]), "--resume",
            "OUTPUT_DIR", out, "SEED", str(seed), "SOLVER.MAX_ITER", str(total),
-           "SOLVER.STEPS", f"({int(0.75 * source_iters)},)", "SOLVER.CHECKPOINT_PERIOD", str(adapt_iters),
+           *adaptation_schedule(source_iters, adapt_iters, task.restart), "SOLVER.CHECKPOINT_PERIOD", str(adapt_iters),
            "TEST.EVAL_PERIOD", str(total), "DATASETS.TEST", f"('{task.target_val}','{task.source_val}')",
            "TEST.BEST_CHECKPOINT.ENABLED", "False", "MIC.BURN_IN_ITERS", str(source_iters),
            "UDA.START_ITER", str(source_iters)] + overrides

@@ -156,6 +156,11 @@ def add_mic_config(cfg: CN) -> CN:
     _C.MIC.MASK_AUG.BLUR_PROB = 0.5
 
     # ------------------------------------------------------------------ solver
+    # Iterations where the lr schedule starts over (warm-up, then BASE_LR); each of
+    # SOLVER.STEPS decays the phase it falls in (mic_det/engine/lr_schedule.py). A burn-in
+    # config restarts at MIC.BURN_IN_ITERS so that adaptation runs at the full lr, as
+    # the reference's does, rather than at the source schedule's decayed tail.
+    _C.SOLVER.RESTART_ITERS = ()
     # Sharpness-aware minimisation (SAM, Foret et al. 2021), the optimizer step of SDAT
     # (Rangwani et al., ICML 2022), which MIC's classification results build on ("MIC on
     # SDAT" = CDAN + MCC + SAM). An engine option (mic_det/engine/sam.py, MICStep), so

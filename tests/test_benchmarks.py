@@ -99,7 +99,11 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
     opts = dict(zip(cmd[5::2], cmd[6::2]))
     assert cmd[3] == "configs/synthetic_night/mic.yaml" and cmd[4] == "--resume"
     assert opts["MIC.BURN_IN_ITERS"] == "200" and opts["SOLVER.MAX_ITER"] == "250"
+    # The source model's schedule (x0.1 at 150), then adaptation's own: restarted at 200, x0.1 at 237.
+    assert opts["SOLVER.STEPS"] == "(150,237)" and opts["SOLVER.RESTART_ITERS"] == "(200,)"
     assert opts["DATASETS.TEST"] == "('synthetic_night_val','synthetic_clear_val')"
+    source = dict(zip(*[iter(adaptation.source_options(0, budget))] * 2))
+    assert source["SOLVER.STEPS"] == "(150,)" and source["SOLVER.RESTART_ITERS"] == "()"
     with pytest.raises(SystemExit):
         adaptation.parse_args(["SOLVER.MAX_ITER", "5"])  # the benchmark's own key
 

@@ -143,11 +143,30 @@ def test_auto_scaling_moves_where_adaptation_starts_and_the_target_batch():
     cfg = get_cfg()
     add_mic_config(cfg)
     cfg.merge_from_list(["SOLVER.REFERENCE_WORLD_SIZE", "1", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "8000",
-                         "MIC.BURN_IN_ITERS", "4000", "UDA.START_ITER", "2000", "DATALOADER.TARGET_IMS_PER_BATCH", "2"])
+                         "MIC.BURN_IN_ITERS", "4000", "UDA.START_ITER", "2000", "DATALOADER.TARGET_IMS_PER_BATCH", "2",
+                         "SOLVER.RESTART_ITERS", "(4000,)"])
     scaled = MICTrainer.auto_scale_workers(cfg, 4)
     assert (scaled.SOLVER.MAX_ITER, scaled.MIC.BURN_IN_ITERS, scaled.UDA.START_ITER) == (2000, 1000, 500)
+    assert tuple(scaled.SOLVER.RESTART_ITERS) == (1000,)  # still where adaptation starts
     assert (scaled.SOLVER.IMS_PER_BATCH, scaled.DATALOADER.TARGET_IMS_PER_BATCH) == (4, 8)
     assert MICTrainer.auto_scale_workers(cfg, 1) is cfg  # the reference world size: untouched
+
+
+@pytest.mark.parametrize("folder", ["synthetic", "synthetic_night", "synthetic_seg", "synthetic_seg_night"])
+def test_built_in_burn_in_configs_finish_the_source_schedule_then_restart_it_where_adaptation_starts(folder):
+    mic = _load(os.path.join(REPO, "configs", folder, "mic.yaml"))
+    burn_in = mic.MIC.BURN_IN_ITERS
+    assert tuple(mic.SOLVER.RESTART_ITERS) == (burn_in,)
+    assert any(s < burn_in for s in mic.SOLVER.STEPS) and any(burn_in < s < mic.SOLVER.MAX_ITER for s in mic.SOLVER.STEPS)
+    # Every method of the folder (the matched control, the oracle, SADA) runs MIC's schedule.
+    schedule = (mic.SOLVER.MAX_ITER, tuple(mic.SOLVER.STEPS), tuple(mic.SOLVER.RESTART_ITERS))
+    for path in glob.glob(os.path.join(REPO, "configs", folder, "*.yaml")):
+        if os.path.basename(path).startswith("Base-"):
+            continue
+        cfg = _load(path)
+        assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), tuple(cfg.SOLVER.RESTART_ITERS)) == schedule, path
+        if cfg.UDA.ENABLED:
+            assert cfg.UDA.START_ITER == burn_in, path
 
 
 @pytest.mark.parametrize("task", ["seg", "cls"])
