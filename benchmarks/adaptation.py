@@ -85,6 +85,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--adapt-iters", type=int, default=500, help="steps every method runs from it")
     p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
     p.add_argument("--methods", help=f"subset of {','.join(METHODS)} (default {FULL['methods']})")
+    p.add_argument("--decayed-adaptation", action="store_true",
+                   help="adapt at the source schedule's decayed lr instead of restarting it (the previous default)")
     p.add_argument("--eval-period", type=int, default=0,
                    help="also evaluate every N adaptation steps (learning curves; the report uses the last)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
@@ -106,7 +108,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
         shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
         methods=[m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()],
-        overrides=overrides, eval_period=args.eval_period,
+        overrides=overrides, eval_period=args.eval_period, restart=not args.decayed_adaptation,
     )
     unknown = [m for m in budget.methods if m not in METHODS]
     if unknown:
@@ -280,7 +282,7 @@ def evaluate_shared_control(seed: int, out: str, budget: Budget, weights: str, t
 
 def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, threads: Optional[int]) -> Dict:
     out = os.path.join(out_dir, str(seed), method)
-    identity = run_identity(method, source["dir"], budget.adapt_iters, budget.overrides)
+    identity = run_identity(method, source["dir"], budget.adapt_iters, budget.identity_overrides)
     check_run_folder(out, identity)
     if final_record(out, budget.total, budget.target_val) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
@@ -351,7 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         dirs = {s: source_dir(s, budget, args.cache_dir) for s in budget.seeds}  # one key (file reads) per seed
         for m, s in run_order(budget):
             check_run_folder(os.path.join(args.out_dir, str(s), m),
-                             run_identity(m, dirs[s], budget.adapt_iters, budget.overrides))
+                             run_identity(m, dirs[s], budget.adapt_iters, budget.identity_overrides))
     except RuntimeError as e:
         sys.exit(f"error: {e}")
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -374,7 +376,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     columns = [("target AP50", "target_AP50"), ("target AP", "target_AP"), ("source AP50", "source_AP50")]
     lines = [f"## Adaptation benchmark: built-in clear -> {budget.shift}", "",
              f"Source model: {budget.source_iters} steps (lr x0.1 at {budget.lr_step}); every method then "
-             f"{budget.adapt_iters} steps from it (lr restarted, x0.1 at {budget.adapt_lr_step}). Seeds {budget.seeds}. Overrides: {' '.join(budget.overrides) or 'none'}.",
+             f"{budget.adapt_iters} steps from it ("
+             f"{f'lr restarted, x0.1 at {budget.adapt_lr_step}' if budget.restart else 'at the decayed lr'}). Seeds {budget.seeds}. Overrides: {' '.join(budget.overrides) or 'none'}.",
              "", *main_table(summary, LABELS, columns), "", "Verdicts:", *verdict_lines(checks), "",
              "Per-class target AP50 (mean over seeds):", "",
              *class_table(summary, LABELS, "target_AP50_per_class", info.get("classes", ()))]
@@ -412,7 +415,7 @@ def recorded_spread(budget: Budget, paths: Optional[Sequence[str]] = None) -> st
     if paths is None:
         full = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
         paths = [full] + sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}_*.json")))
-    ours = (budget.source_iters, budget.adapt_iters, list(budget.overrides))
+    ours = (budget.source_iters, budget.adapt_iters, list(budget.overrides), budget.restart)
     fallback = None
     for path in paths:
         rec = _recorded_gain(path, budget.shift)
@@ -420,7 +423,7 @@ def recorded_spread(budget: Budget, paths: Optional[Sequence[str]] = None) -> st
             continue
         theirs, spread = rec
         their_overrides = theirs["overrides"]
-        if (theirs["source_iters"], theirs["adapt_iters"], their_overrides) == ours:
+        if (theirs["source_iters"], theirs["adapt_iters"], their_overrides, theirs.get("restart", True)) == ours:
             return (f"The benchmark ({path}, seeds {theirs['seeds']}, same budget "
                     f"{theirs['source_iters']}+{theirs['adapt_iters']}, overrides {' '.join(their_overrides) or 'none'}) "
                     f"measured {spread}.")

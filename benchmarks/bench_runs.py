@@ -101,7 +101,7 @@ def finished_control_elsewhere(out: str, budget: Budget, source_dir: str) -> Opt
     seed_dir = os.path.dirname(out)
     shifts_root = os.path.dirname(os.path.dirname(seed_dir))
     here = os.path.basename(os.path.dirname(seed_dir))
-    wanted = run_identity("control", source_dir, budget.adapt_iters, budget.overrides)
+    wanted = run_identity("control", source_dir, budget.adapt_iters, budget.identity_overrides)
     for shift in sorted(os.listdir(shifts_root)) if os.path.isdir(shifts_root) else []:
         other = os.path.join(shifts_root, shift, os.path.basename(seed_dir), "control")
         final = os.path.join(other, "model_final.pth")

@@ -42,6 +42,9 @@ class Budget:
     methods: List[str]
     overrides: List[str]
     eval_period: int = 0
+    # Adaptation restarts the lr schedule (the configs' SOLVER.RESTART_ITERS); False: it goes on
+    # at the source schedule's decayed lr (the previous default, --decayed-adaptation).
+    restart: bool = True
 
     @property
     def total(self) -> int:
@@ -58,7 +61,12 @@ class Budget:
 
     @property
     def adapt_schedule(self) -> List[str]:
-        return adaptation_schedule(self.source_iters, self.adapt_iters)
+        return adaptation_schedule(self.source_iters, self.adapt_iters, self.restart)
+
+    @property
+    def identity_overrides(self) -> List[str]:
+        """What tells this budget's runs apart from others on the same source model: the overrides, and the schedule."""
+        return list(self.overrides) + ([] if self.restart else ["--decayed-adaptation"])
 
     @property
     def checkpoint(self) -> str:

@@ -274,19 +274,22 @@ def test_burn_in_evaluates_the_student_only_and_warns_about_a_full_lr_start(tiny
     assert "teacher/synthetic_foggy_val/bbox/AP50" in evals[max(evals)]
 
 
-def test_the_shipped_mic_schedule_starts_mic_at_a_tenth_of_the_lr():
+def test_the_shipped_schedule_finishes_the_source_model_then_adapts_at_the_full_lr():
     from detectron2.config import get_cfg
-    from detectron2.solver import build_lr_scheduler
 
     from mic_det import add_mic_config
+    from mic_det.engine.lr_schedule import build_lr_scheduler
 
     for path in ("configs/synthetic/mic.yaml", "configs/synthetic/mic_sada.yaml", "configs/synthetic/sada.yaml"):
         cfg = add_mic_config(get_cfg())
         cfg.merge_from_file(os.path.join(os.path.dirname(os.path.dirname(__file__)), path))
         start = cfg.MIC.BURN_IN_ITERS if cfg.MIC.ENABLED else cfg.UDA.START_ITER
-        assert start > 0 and all(s < start for s in cfg.SOLVER.STEPS), path
         sched = build_lr_scheduler(cfg, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.SOLVER.BASE_LR))
-        assert sched._multiplier(start / cfg.SOLVER.MAX_ITER) == pytest.approx(0.1), path
+        lr = lambda it: sched._multiplier(it / cfg.SOLVER.MAX_ITER)  # noqa: E731
+        assert lr(start - 1) == pytest.approx(0.1), path  # the source model: its schedule finished
+        assert lr(start) < 0.01, path  # adaptation warms up again ...
+        assert lr(start + cfg.SOLVER.WARMUP_ITERS) == pytest.approx(1.0), path  # ... to the full lr
+        assert lr(cfg.SOLVER.MAX_ITER - 1) == pytest.approx(0.1), path
 
 
 def test_divergence_names_the_knobs_and_keeps_earlier_checkpoints(tiny_pair, tmp_path):
