@@ -70,7 +70,8 @@ class TaskBench:
     source_iters: int
     adapt_iters: int
     shift: str = "fog"
-    # Adaptation restarts the lr schedule (SOLVER.RESTART_ITERS), as the task's configs do.
+    # Adaptation restarts the lr schedule (SOLVER.RESTART_ITERS; --restart-adaptation) instead of going
+    # on at the source schedule's decayed lr as the segmentation and classification configs do.
     restart: bool = False
     # The control's config folder the source model is trained with (the clear source, shared by the shifts).
     source_config_dir: str = ""
@@ -88,7 +89,7 @@ TASKS: Dict[str, TaskBench] = {
         metrics={"target_mIoU": ("target", "sem_seg/mIoU"), "target_pACC": ("target", "sem_seg/pACC"),
                  "source_mIoU": ("source", "sem_seg/mIoU")},
         key_metric="target_mIoU", speed_target=1.5,
-        source_iters=400, adapt_iters=150, restart=True,
+        source_iters=400, adapt_iters=150,
     ),
     "cls": TaskBench(
         title="Classification: built-in crops, clear -> foggy",
@@ -163,7 +164,7 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
     """Run ``method`` for ``adapt_iters`` steps from the seed's source model (skipped when finished)."""
     out = os.path.join(out_dir, str(seed), method)
     total = source_iters + adapt_iters
-    identity = run_identity(method, source_dir, adapt_iters, overrides)
+    identity = run_identity(method, source_dir, adapt_iters, overrides + (["--restart-adaptation"] if task.restart else []))
     check_run_folder(out, identity)
     if _final_record(_records(out), total, task) is not None:
         print(f"[seed {seed}] {method}: done before, skipped", flush=True)
@@ -235,13 +236,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--source-iters", type=int, default=None, help="steps of the shared source model")
     parser.add_argument("--adapt-iters", type=int, default=None, help="steps every method runs from it")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
+    parser.add_argument("--restart-adaptation", action="store_true",
+                        help="adapt on a restarted lr schedule (SOLVER.RESTART_ITERS), as detection's configs do")
     parser.add_argument("--cache-dir", default=os.path.join(REPO, "output", "bench_cache"))
     parser.add_argument("--out-dir", default=None,
                         help="runs (default output/bench_<task>, _night for --shift night)")
     parser.add_argument("--output", default=None,
                         help="JSON report (default benchmarks/results/<task>.json; <task>_night.json for night)")
     args, overrides = parser.parse_known_args(argv)
-    task = task_bench(args.task, args.shift)
+    task = replace(task_bench(args.task, args.shift), restart=args.restart_adaptation)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m for m in (args.methods or ",".join(task.methods)).split(",") if m]
     unknown = sorted(set(methods) - set(task.methods))
@@ -273,6 +276,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         runs[m][s] = read_run(task, out, source_iters, total)
     lines, data = report(task, runs, methods, seeds)
     result = {"task": args.task, "shift": args.shift, "source_iters": source_iters, "adapt_iters": adapt_iters,
+              "restart": task.restart,
               "seeds": seeds, "overrides": overrides, "machine": machine_info(), "runs": runs, **data}
     os.makedirs(os.path.dirname(output), exist_ok=True)
     with open(output, "w") as f:

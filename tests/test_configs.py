@@ -152,7 +152,7 @@ def test_auto_scaling_moves_where_adaptation_starts_and_the_target_batch():
     assert MICTrainer.auto_scale_workers(cfg, 1) is cfg  # the reference world size: untouched
 
 
-@pytest.mark.parametrize("folder", ["synthetic", "synthetic_night", "synthetic_seg", "synthetic_seg_night"])
+@pytest.mark.parametrize("folder", ["synthetic", "synthetic_night"])
 def test_built_in_burn_in_configs_finish_the_source_schedule_then_restart_it_where_adaptation_starts(folder):
     mic = _load(os.path.join(REPO, "configs", folder, "mic.yaml"))
     burn_in = mic.MIC.BURN_IN_ITERS
