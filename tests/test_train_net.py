@@ -145,7 +145,9 @@ def test_resume_continues_exactly(source_only_run, tiny_pair, tmp_path):
         moved = max((a[part][k].float() - half[part][k].float()).abs().max().item() for k in a[part])
         differ = max((a[part][k].float() - b[part][k].float()).abs().max().item() for k in a[part])
         assert moved > 1e-4, f"{part} did not train in the resumed half"
-        assert differ < 1e-5, f"{part}: resumed differs by {differ} (the resumed half moved it by {moved})"
+        # Last-bit differences grow to ~1e-5 (Intel Xeon) or ~3e-5 (AMD EPYC) of the 8e-3 the half
+        # moved; a lost teacher, momentum or stream position differs by a sizeable part of it.
+        assert differ < 0.01 * moved, f"{part}: resumed differs by {differ} (the resumed half moved it by {moved})"
     # The teacher is not the student: it was restored, not re-copied.
     assert any(not torch.equal(a["model"][k], a["teacher"]["model." + k]) for k in a["model"])
 
@@ -267,7 +269,8 @@ def test_burn_in_evaluates_the_student_only_and_warns_about_a_full_lr_start(tiny
          "DATASETS.TEST", "('synthetic_foggy_val',)"],
         out, tiny_pair,
     )
-    assert "MIC starts at iteration 3 (MIC.BURN_IN_ITERS) with the learning rate at 100%" in proc.stdout + proc.stderr
+    assert "MIC starts at iteration 3 (MIC.BURN_IN_ITERS) from a source model trained to the end at 100%" in (
+        proc.stdout + proc.stderr)
     evals = {r["iteration"]: r for r in _evals(read_metrics(out))}
     assert "student/synthetic_foggy_val/bbox/AP50" in evals[1]
     assert not any(k.startswith("teacher/") for k in evals[1])  # iteration 2 < burn-in 3
