@@ -86,7 +86,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
     p.add_argument("--methods", help=f"subset of {','.join(METHODS)} (default {FULL['methods']})")
     p.add_argument("--decayed-adaptation", action="store_true",
-                   help="adapt at the source schedule's decayed lr instead of restarting it (the previous default)")
+                   help="adapt at the source schedule's decayed lr instead of restarting it (a comparison run)")
     p.add_argument("--eval-period", type=int, default=0,
                    help="also evaluate every N adaptation steps (learning curves; the report uses the last)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")

@@ -43,7 +43,7 @@ class Budget:
     overrides: List[str]
     eval_period: int = 0
     # Adaptation restarts the lr schedule (the configs' SOLVER.RESTART_ITERS); False: it goes on
-    # at the source schedule's decayed lr (the previous default, --decayed-adaptation).
+    # at the source schedule's decayed lr (--decayed-adaptation, for comparison).
     restart: bool = True
 
     @property
@@ -88,8 +88,9 @@ def adaptation_lr_step(source_iters: int, adapt_iters: int) -> int:
 def adaptation_schedule(source_iters: int, adapt_iters: int, restart: bool = True) -> List[str]:
     """A whole run's schedule options: the source model's (lr x0.1 at 75%), then adaptation's.
 
-    With ``restart`` adaptation starts over at the full lr (the detection and segmentation
-    configs); without it, it goes on at the source schedule's decayed lr.
+    With ``restart`` adaptation starts over at the full lr (the detection configs); without
+    it, it goes on at the source schedule's decayed lr (the segmentation and classification
+    configs).
     """
     source_step = int(0.75 * source_iters)
     if not restart:

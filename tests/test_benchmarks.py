@@ -104,7 +104,7 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
     assert opts["DATASETS.TEST"] == "('synthetic_night_val','synthetic_clear_val')"
     source = dict(zip(*[iter(adaptation.source_options(0, budget))] * 2))
     assert source["SOLVER.STEPS"] == "(150,)" and source["SOLVER.RESTART_ITERS"] == "()"
-    # --decayed-adaptation: the previous default, adaptation at the source schedule's lr x0.1; other runs.
+    # --decayed-adaptation: adaptation at the source schedule's lr x0.1, in runs of their own.
     _, decayed = adaptation.parse_args(["--quick", "--source-iters", "200", "--adapt-iters", "50", "--decayed-adaptation"])
     opts = dict(zip(*[iter(adaptation.adapt_command("mic", 0, str(tmp_path), decayed, "src")[5:])] * 2))
     assert opts["SOLVER.STEPS"] == "(150,)" and opts["SOLVER.RESTART_ITERS"] == "()"
