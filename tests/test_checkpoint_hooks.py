@@ -11,6 +11,20 @@ import torch
 from .conftest import REPO, TINY_OVERRIDES, run_train_net
 
 
+def test_a_best_checkpoint_dataset_that_is_never_evaluated_stops_the_run_before_training(tiny_pair, tmp_path):
+    """Selecting on a set outside DATASETS.TEST would train to the end and write no model_best."""
+    proc = run_train_net(
+        ["--config-file", "configs/synthetic/source_only.yaml", "SOLVER.MAX_ITER", "4", "SOLVER.STEPS", "()",
+         "TEST.EVAL_PERIOD", "2", "DATASETS.TEST", "('synthetic_clear_val',)",
+         "TEST.BEST_CHECKPOINT.ENABLED", "True", "TEST.BEST_CHECKPOINT.DATASET", "synthetic_foggy_val"],
+        tmp_path, tiny_pair, check=False,
+    )
+    assert proc.returncode != 0
+    assert "TEST.BEST_CHECKPOINT.DATASET 'synthetic_foggy_val' is not one of DATASETS.TEST" in proc.stderr, \
+        proc.stderr[-3000:]
+    assert not list(tmp_path.glob("model_*.pth"))  # stopped before the first step
+
+
 def test_last_checkpoint_names_the_final_state_not_the_best(tiny_pair, tmp_path):
     """Evaluations with a best-checkpoint hook: a finished run still resumes from model_final."""
     run_train_net(

@@ -218,6 +218,33 @@ def test_an_out_of_range_mic_value_is_an_error_naming_its_key(key, value, expect
         build_config(os.path.join(REPO, "configs", "synthetic", "mic.yaml"), [key, value])
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["TEST.BEST_CHECKPOINT.DATASET", "synthetic_clear_train"],
+     r"TEST.BEST_CHECKPOINT.DATASET 'synthetic_clear_train' is not one of DATASETS.TEST"),
+    (["TEST.BEST_CHECKPOINT.MODE", "largest"], r"TEST.BEST_CHECKPOINT.MODE must be 'max' or 'min'"),
+    (["TEST.BEST_CHECKPOINT.MODEL", "teacher", "TEST.EVAL_MODEL", "student"],
+     r"TEST.BEST_CHECKPOINT.MODEL is 'teacher', but the teacher is never evaluated"),
+    (["TEST.BEST_CHECKPOINT.MODEL", "student", "TEST.EVAL_MODEL", "teacher"],
+     r"TEST.BEST_CHECKPOINT.MODEL is 'student', but TEST.EVAL_MODEL 'teacher'"),
+])
+def test_a_best_checkpoint_no_evaluation_can_select_is_an_error_naming_its_key(overrides, expected):
+    from mic_det.config import check_best_checkpoint
+    from mic_det.config_loading import build_config
+
+    cfg = build_config(os.path.join(REPO, "configs", "synthetic", "mic.yaml"), overrides)
+    with pytest.raises(ValueError, match=expected):
+        check_best_checkpoint(cfg)
+
+
+def test_every_shipped_config_can_select_its_best_checkpoint():
+    from mic_det.config import check_best_checkpoint
+
+    for path in CONFIGS:
+        cfg = _load(path)
+        if cfg.TEST.BEST_CHECKPOINT.ENABLED and cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST:
+            check_best_checkpoint(cfg)
+
+
 def test_every_shipped_config_has_mic_values_in_range():
     from mic_det.config import check_mic_config
 

@@ -14,6 +14,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..config import check_best_checkpoint
 from ..data.build import build_source_loader, build_target_loader
 from ..evaluation.plots import plot_metrics
 from ..teacher import EMATeacher
@@ -247,7 +248,10 @@ class MICTrainer(DefaultTrainer):
 
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
         best = cfg.TEST.BEST_CHECKPOINT
-        if best.ENABLED and cfg.TEST.EVAL_PERIOD > 0 and cfg.DATASETS.TEST and comm.is_main_process():
+        keeps_best = best.ENABLED and cfg.TEST.EVAL_PERIOD > 0 and bool(cfg.DATASETS.TEST)
+        if keeps_best:
+            check_best_checkpoint(cfg)  # on every rank, so all of them stop
+        if keeps_best and comm.is_main_process():
             dataset = best.DATASET or cfg.DATASETS.TEST[0]
             ret.append(
                 LastStateBestCheckpointer(
