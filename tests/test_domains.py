@@ -327,11 +327,18 @@ def test_mapper_corrupt_image(tmp_path, caplog):
     assert copy.deepcopy(train).num_skipped == 2  # a copy keeps the count (without sharing it)
 
 
-def test_mapper_size_mismatch(tmp_path):
+def test_mapper_size_mismatch(tmp_path, caplog):
+    """A training image of another size than its record is skipped (its boxes would be misplaced); evaluation stops."""
     _img(tmp_path / "a.png", w=40, h=30)
     rec = {"file_name": str(tmp_path / "a.png"), "image_id": 0, "height": 31, "width": 40}
+    train = DomainDatasetMapper(_cfg(), is_train=True)
+    with caplog.at_level(logging.WARNING):
+        assert train(dict(rec)) is None
+    assert train.num_skipped == 1 and "a.png: it is 30x40 (h x w) but its record says 31x40" in caplog.text
     with pytest.raises(Exception, match=r"a\.png"):
-        DomainDatasetMapper(_cfg(), is_train=True)(rec)
+        DomainDatasetMapper(_cfg(), is_train=False)(dict(rec))
+    rec["height"] = 30
+    assert tuple(train(rec)["image"].shape[-2:]) == (30, 40)  # the right size maps as before
 
 
 # --------------------------------------------------------------------- checks

@@ -11,8 +11,9 @@ Two additions, both about data that is not the clean labelled source set:
   download). In a *training* stream one such file should not stop a run of
   many hours: it is skipped with a warning and counted
   (:class:`SkippedFiles`), and Detectron2's ``MapDataset`` draws another
-  image. In evaluation a skip would silently change the metric, so it is an
-  error naming the file. Task mappers (segmentation labels, classification
+  image. So is an image whose size is not the one its record says: its boxes
+  would land in the wrong place. In evaluation a skip would silently change
+  the metric, so it is an error naming the file. Task mappers (segmentation labels, classification
   images) skip their own unusable files through the same counter.
 """
 
@@ -135,7 +136,18 @@ class DomainDatasetMapper(DatasetMapper):
         image = self._read(dataset_dict)
         if image is None:
             return None
-        utils.check_image_size(dataset_dict, image)
+        try:
+            utils.check_image_size(dataset_dict, image)
+        except utils.SizeMismatchError:
+            if not self.is_train:
+                raise
+            h, w = image.shape[:2]
+            self.skipped.skip(
+                dataset_dict["file_name"],
+                f"Skipping training image {dataset_dict['file_name']}: it is {h}x{w} (h x w) but its record "
+                f"says {dataset_dict.get('height')}x{dataset_dict.get('width')}, so its labels would be misplaced",
+            )
+            return None
 
         if "sem_seg_file_name" in dataset_dict:
             sem_seg_gt = utils.read_image(dataset_dict.pop("sem_seg_file_name"), "L").squeeze(2)
