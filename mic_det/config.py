@@ -89,11 +89,6 @@ def add_mic_config(cfg: CN) -> CN:
     # head's own IoU thresholds) are left out of the MIC loss instead of being
     # taught as background. Off when >= PSEUDO_SCORE_THRESH (the reference).
     _C.MIC.PSEUDO_IGNORE_THRESH = 1.0
-    # Detection: a class may have at most this many times its labelled boxes per
-    # source image as pseudo-boxes per target image, counted over the teacher's
-    # recent boxes; above it, the class's lowest-scoring boxes are dropped
-    # (mic_det/detection/class_prior.py). 0 = off (the reference).
-    _C.MIC.PSEUDO_CLASS_PRIOR_CAP = 0.0
     # Weight of the box-regression losses (RPN and RoI) learned from pseudo-boxes.
     # 0.0 = the reference code: pseudo-boxes teach classification and objectness only.
     _C.MIC.PSEUDO_BOX_REG_WEIGHT = 0.0
@@ -282,7 +277,6 @@ _MIC_RANGES = (
     ("MIC.PSEUDO_NMS_THRESH", _number(0, 1), "an IoU"),
     ("MIC.PSEUDO_IGNORE_THRESH", _number(0), "a score threshold; >= MIC.PSEUDO_SCORE_THRESH turns it off"),
     ("MIC.PSEUDO_BOX_REG_WEIGHT", _number(0), "a loss weight"),
-    ("MIC.PSEUDO_CLASS_PRIOR_CAP", _number(0), "a factor on the source's boxes per image; 0 turns it off"),
     ("MIC.BURN_IN_ITERS", _integer(0), "iterations"),
     ("MIC.GUARD.WINDOW", _integer(2), "steps each signal is averaged over"),
     ("MIC.GUARD.MIN_ACCURACY_RATIO", _number(0, 1), "a fraction of the starting source accuracy"),

@@ -6,18 +6,16 @@ delta (:func:`make_pseudo_labels`); each image's quality is copied onto its
 boxes (:func:`attach_image_quality`) so the weighted RPN and RoI heads read it
 from the Instances Detectron2 hands them.
 """
-import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.data import build_detection_test_loader
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage, get_event_storage
 
 from ..data.mapper import DomainDatasetMapper
 from ..task import MIC_TASK_REGISTRY, MICTask
-from .class_prior import ClassPriorCap, source_class_rates
 from .evaluator import build_evaluator
 from .modeling.quality_weight import attach_image_quality
 from .pseudo_labels import make_pseudo_labels, pseudo_label_quality, pseudo_label_stats, split_uncertain
@@ -41,7 +39,6 @@ class DetectionTask(MICTask):
         self.score_thresh = cfg.MIC.PSEUDO_SCORE_THRESH
         self.nms_thresh = cfg.MIC.PSEUDO_NMS_THRESH
         self.ignore_thresh = cfg.MIC.PSEUDO_IGNORE_THRESH  # off when >= delta (make_pseudo_labels)
-        self.class_cap = build_class_prior_cap(cfg) if cfg.MIC.ENABLED and cfg.MIC.PSEUDO_CLASS_PRIOR_CAP > 0 else None
 
     # ------------------------------------------------------------------ data
     def build_train_mapper(self, cfg: CfgNode, labelled: bool) -> DomainDatasetMapper:
@@ -70,17 +67,11 @@ class DetectionTask(MICTask):
         storage.put_scalar("guard/teacher_top_score", top, smoothing_hint=False)
         if self.visualizing(storage):
             log_teacher_scores(storage, predictions, self.score_thresh)
-        pseudo = self.to_pseudo_labels(predictions)
-        if self.class_cap is not None:
-            storage.put_scalar("mic/class_cap_dropped_per_image", self.class_cap.dropped / max(len(inputs), 1))
-            storage.put_scalar("mic/class_cap_capped_classes", float((self.class_cap.thresholds > 0).sum()))
-        return pseudo
+        return self.to_pseudo_labels(predictions)
 
     def to_pseudo_labels(self, predictions: Sequence[Instances]) -> List[Instances]:
         """Detections in network-input coordinates -> pseudo-Instances carrying their quality."""
         pseudo = make_pseudo_labels(predictions, self.score_thresh, self.nms_thresh, self.ignore_thresh)
-        if self.class_cap is not None:
-            pseudo = self.class_cap(pseudo)
         return attach_image_quality(pseudo)
 
     def has_pseudo_label(self, target: Instances) -> bool:
@@ -123,15 +114,3 @@ class DetectionTask(MICTask):
             storage.put_scalar("guard/source_accuracy", acc[0])
         objects = sum(len(x["instances"]) for x in inputs if "instances" in x) / max(len(inputs), 1)
         storage.put_scalar("guard/source_objects_per_image", objects)
-
-
-def build_class_prior_cap(cfg: CfgNode) -> ClassPriorCap:
-    """``MIC.PSEUDO_CLASS_PRIOR_CAP`` over the class rates of the labelled ``DATASETS.TRAIN`` sets."""
-    records = [r for name in cfg.DATASETS.TRAIN for r in DatasetCatalog.get(name)]
-    head = cfg.MODEL.RETINANET if "RetinaNet" in cfg.MODEL.META_ARCHITECTURE else cfg.MODEL.ROI_HEADS
-    rates = source_class_rates(records, head.NUM_CLASSES)
-    logging.getLogger(__name__).info(
-        "Class-prior cap %.2f on pseudo-boxes per target image; source boxes per image by class: %s",
-        cfg.MIC.PSEUDO_CLASS_PRIOR_CAP, [round(float(r), 3) for r in rates],
-    )
-    return ClassPriorCap(rates, cfg.MIC.PSEUDO_CLASS_PRIOR_CAP)
