@@ -173,6 +173,14 @@ def test_stats_values():
     assert stats == pytest.approx(
         {"boxes_per_image": 1.0, "frac_images_empty": 0.5, "mean_score": 0.9}
     )
+    # Per class: boxes per image of each class, every class named (a class without boxes at 0).
+    per_class = pseudo_label_stats(batch, ["car", "truck", "bus", "person"])
+    assert {k: v for k, v in per_class.items() if k.startswith("boxes_per_image/")} == pytest.approx(
+        {"boxes_per_image/car": 0.5, "boxes_per_image/truck": 0.25, "boxes_per_image/bus": 0.25,
+         "boxes_per_image/person": 0.0}
+    )
+    empty = pseudo_label_stats([], ["car"])
+    assert empty["boxes_per_image/car"] == 0.0
 
 
 # ------------------------------------------------------------ pseudo_label_quality

@@ -62,6 +62,9 @@ def test_mic_run_learns_pseudo_labels_and_evaluates_teacher(source_only_run, tin
     records = read_metrics(out)
     steps = [r for r in records if "loss_cls_mic" in r]
     assert all(r["mic/boxes_per_image"] > 0 for r in steps), "the teacher gave no pseudo-boxes"
+    # Every class of the training set has its own count (TensorBoard: mic/boxes_per_image/<class>).
+    names = ("person", "rider", "car", "truck", "bus", "bicycle")
+    assert all(f"mic/boxes_per_image/{n}" in r for r in steps for n in names), sorted(steps[-1])
     assert all(r["mic/mean_score"] >= 0.3 for r in steps)
     assert 0.3 < steps[-1]["mic/mask_ratio_mic"] < 0.7
     mic = [r["loss_cls_mic"] + r["loss_rpn_cls_mic"] for r in steps]

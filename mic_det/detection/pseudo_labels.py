@@ -137,11 +137,15 @@ def split_uncertain(instances: Instances) -> Tuple[Instances, Boxes]:
     return confident, instances.gt_boxes[ignore]
 
 
-def pseudo_label_stats(pseudo: Sequence[Instances]) -> Dict[str, float]:
+def pseudo_label_stats(pseudo: Sequence[Instances], class_names: Sequence[str] = ()) -> Dict[str, float]:
     """Per-step summary for logging: how many pseudo-boxes, how many empty images, how sure.
 
     Counts the confident boxes; with uncertain ones (``gt_ignore``) present,
     ``uncertain_per_image`` says how many regions were left out of the loss.
+    With ``class_names``, ``boxes_per_image/<name>`` counts each class apart:
+    self-training can feed one class's confident mistakes back into itself
+    while the total hardly moves (BENCHMARKS.md, "the fog trucks"), and a class
+    whose count climbs far above where it started shows it without a label.
 
     Every value is a finite float (0.0 for an empty batch or a batch without
     boxes), so it can go to TensorBoard without NaN checks.
@@ -164,6 +168,11 @@ def pseudo_label_stats(pseudo: Sequence[Instances]) -> Dict[str, float]:
     }
     if with_ignore:
         stats["uncertain_per_image"] = num_uncertain / num_images if num_images else 0.0
+    if class_names:
+        classes = torch.cat([p.gt_classes.cpu() for p in pseudo]) if pseudo else torch.zeros(0, dtype=torch.int64)
+        per_class = torch.bincount(classes, minlength=len(class_names)).tolist()
+        for name, n in zip(class_names, per_class):
+            stats[f"boxes_per_image/{name}"] = n / num_images if num_images else 0.0
     return stats
 
 

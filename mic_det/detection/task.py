@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
+from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.structures import Instances
 from detectron2.utils.events import EventStorage, get_event_storage
 
@@ -39,6 +39,7 @@ class DetectionTask(MICTask):
         self.score_thresh = cfg.MIC.PSEUDO_SCORE_THRESH
         self.nms_thresh = cfg.MIC.PSEUDO_NMS_THRESH
         self.ignore_thresh = cfg.MIC.PSEUDO_IGNORE_THRESH  # off when >= delta (make_pseudo_labels)
+        self._class_names: Optional[List[str]] = None
 
     # ------------------------------------------------------------------ data
     def build_train_mapper(self, cfg: CfgNode, labelled: bool) -> DomainDatasetMapper:
@@ -79,7 +80,19 @@ class DetectionTask(MICTask):
         return len(split_uncertain(target)[0]) > 0
 
     def pseudo_label_stats(self, targets: Sequence[Instances]) -> Dict[str, float]:
-        return pseudo_label_stats(targets)
+        return pseudo_label_stats(targets, self.class_names)
+
+    @property
+    def class_names(self) -> List[str]:
+        """The labelled training set's classes (the model's class ids), read when first asked for.
+
+        The start-up checks load the training sets (and so their metadata)
+        before the first step; a set without ``thing_classes`` gives none.
+        """
+        if self._class_names is None:
+            names = MetadataCatalog.get(self.cfg.DATASETS.TRAIN[0]).get("thing_classes") if self.cfg.DATASETS.TRAIN else None
+            self._class_names = list(names or [])
+        return self._class_names
 
     def pseudo_label_quality(self, inputs: List[Dict], targets: Sequence[Instances]) -> Optional[Dict[str, float]]:
         gt = [x.get("instances_for_scoring") for x in inputs]
