@@ -169,6 +169,17 @@ def test_built_in_burn_in_configs_finish_the_source_schedule_then_restart_it_whe
             assert cfg.UDA.START_ITER == burn_in, path
 
 
+def test_the_cpu_detection_configs_ignore_unsure_teacher_boxes_and_the_reference_configs_do_not():
+    """The CPU default leaves teacher boxes in [0.2, delta) out of the background (BENCHMARKS.md, "Detection");
+    the Cityscapes configs stay the paper's (no band)."""
+    for rel in ("synthetic/mic.yaml", "synthetic_night/mic.yaml", "synthetic/mic_sada.yaml",
+                "custom/wildfire_to_indoor_smoke.yaml"):
+        m = _load(os.path.join(REPO, "configs", rel)).MIC
+        assert (m.PSEUDO_IGNORE_THRESH, m.PSEUDO_SCORE_THRESH) == (0.2, 0.8), rel
+    reference = _load(os.path.join(REPO, "configs", "cityscapes_foggy", "mic_R50_FPN.yaml")).MIC
+    assert reference.PSEUDO_IGNORE_THRESH >= reference.PSEUDO_SCORE_THRESH  # off
+
+
 @pytest.mark.parametrize("task", ["seg", "cls"])
 def test_the_built_in_seg_and_cls_configs_start_pretrained_and_switch_to_resnet18_by_one_line(task, tmp_path):
     """Base-*-CPU.yaml's _BASE_ line picks the backbone: MobileNetV2 with ImageNet weights (default) or ResNet-18."""
