@@ -12,7 +12,7 @@ from detectron2.config import CfgNode as CN
 
 from .modeling.mobilenet import add_mobilenet_config
 
-__all__ = ["TASK_CONFIG_HOOKS", "add_mic_config", "check_best_checkpoint", "check_mic_config", "register_task_config"]
+__all__ = ["TASK_CONFIG_HOOKS", "add_mic_config", "check_mic_config", "register_task_config"]
 
 #: The ``add_<task>_config`` functions of the task packages, in registration order;
 #: :func:`add_mic_config` calls each on the config it builds.
@@ -305,35 +305,5 @@ def check_mic_config(cfg: CN) -> None:
             node = node[part]
         if not ok(node):
             problems.append(f"{key} must be {must} ({why}), got {node!r}")
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def check_best_checkpoint(cfg: CN) -> None:
-    """Raise a ``ValueError`` naming the ``TEST.BEST_CHECKPOINT`` key that could never select a checkpoint.
-
-    Called by the trainer when it keeps a best checkpoint (``ENABLED``, with
-    periodic evaluation on ``DATASETS.TEST``), before the first step: the best
-    checkpoint is chosen on an evaluation the run makes. A dataset
-    outside ``DATASETS.TEST``, or the teacher's result when only the student
-    is evaluated, is never in the results: without this check the run would
-    train to its end and write no ``model_best.pth``, silently.
-    """
-    best = cfg.TEST.BEST_CHECKPOINT
-    problems = []
-    if best.MODE not in ("max", "min"):
-        problems.append(f"TEST.BEST_CHECKPOINT.MODE must be 'max' or 'min', got {best.MODE!r}")
-    if best.MODEL not in ("student", "teacher"):
-        problems.append(f"TEST.BEST_CHECKPOINT.MODEL must be 'student' or 'teacher', got {best.MODEL!r}")
-    elif best.MODEL == "teacher" and (cfg.TEST.EVAL_MODEL == "student" or not cfg.MIC.ENABLED):
-        problems.append("TEST.BEST_CHECKPOINT.MODEL is 'teacher', but the teacher is never evaluated "
-                        f"(TEST.EVAL_MODEL {cfg.TEST.EVAL_MODEL!r}, MIC.ENABLED {cfg.MIC.ENABLED})")
-    elif best.MODEL == "student" and cfg.TEST.EVAL_MODEL == "teacher":
-        problems.append("TEST.BEST_CHECKPOINT.MODEL is 'student', but TEST.EVAL_MODEL 'teacher' evaluates "
-                        "the teacher only")
-    if best.DATASET and best.DATASET not in cfg.DATASETS.TEST:
-        problems.append(f"TEST.BEST_CHECKPOINT.DATASET {best.DATASET!r} is not one of DATASETS.TEST "
-                        f"{tuple(cfg.DATASETS.TEST)}: only evaluated sets can select a checkpoint "
-                        "(add it there, or set TEST.BEST_CHECKPOINT.ENABLED False)")
     if problems:
         raise ValueError("; ".join(problems))

@@ -239,7 +239,7 @@ def test_an_out_of_range_mic_value_is_an_error_naming_its_key(key, value, expect
      r"TEST.BEST_CHECKPOINT.MODEL is 'student', but TEST.EVAL_MODEL 'teacher'"),
 ])
 def test_a_best_checkpoint_no_evaluation_can_select_is_an_error_naming_its_key(overrides, expected):
-    from mic_det.config import check_best_checkpoint
+    from mic_det.engine.checkpoint_hooks import check_best_checkpoint
     from mic_det.config_loading import build_config
 
     cfg = build_config(os.path.join(REPO, "configs", "synthetic", "mic.yaml"), overrides)
@@ -248,7 +248,7 @@ def test_a_best_checkpoint_no_evaluation_can_select_is_an_error_naming_its_key(o
 
 
 def test_every_shipped_config_can_select_its_best_checkpoint():
-    from mic_det.config import check_best_checkpoint
+    from mic_det.engine.checkpoint_hooks import check_best_checkpoint
 
     for path in CONFIGS:
         cfg = _load(path)

@@ -5,17 +5,20 @@ checkpointer as the periodic saves, so ``last_checkpoint`` then names the
 *best* state (saved with the iteration of its evaluation) and ``--resume``
 of a finished or interrupted run continues from there, skipping or repeating
 steps. And a job killed by its scheduler (SIGTERM) or by Ctrl-C loses every
-step since the last periodic checkpoint without a word.
+step since the last periodic checkpoint without a word. And a best checkpoint
+chosen on a dataset or a model the run never evaluates is never written, also
+without a word (:func:`check_best_checkpoint`).
 """
 import logging
 import os
 import signal
 from typing import Optional
 
+from detectron2.config import CfgNode
 from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
 
-__all__ = ["LastStateBestCheckpointer", "SaveOnInterrupt", "TrainingInterrupted"]
+__all__ = ["LastStateBestCheckpointer", "SaveOnInterrupt", "TrainingInterrupted", "check_best_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +104,33 @@ class SaveOnInterrupt(HookBase):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def check_best_checkpoint(cfg: CfgNode) -> None:
+    """Raise a ``ValueError`` naming the ``TEST.BEST_CHECKPOINT`` key that could never select a checkpoint.
+
+    Called by the trainer when it keeps a best checkpoint (``ENABLED``, with
+    periodic evaluation on ``DATASETS.TEST``), before the first step: the best
+    checkpoint is chosen on an evaluation the run makes. A dataset
+    outside ``DATASETS.TEST``, or the teacher's result when only the student
+    is evaluated, is never in the results: without this check the run would
+    train to its end and write no ``model_best.pth``, silently.
+    """
+    best = cfg.TEST.BEST_CHECKPOINT
+    problems = []
+    if best.MODE not in ("max", "min"):
+        problems.append(f"TEST.BEST_CHECKPOINT.MODE must be 'max' or 'min', got {best.MODE!r}")
+    if best.MODEL not in ("student", "teacher"):
+        problems.append(f"TEST.BEST_CHECKPOINT.MODEL must be 'student' or 'teacher', got {best.MODEL!r}")
+    elif best.MODEL == "teacher" and (cfg.TEST.EVAL_MODEL == "student" or not cfg.MIC.ENABLED):
+        problems.append("TEST.BEST_CHECKPOINT.MODEL is 'teacher', but the teacher is never evaluated "
+                        f"(TEST.EVAL_MODEL {cfg.TEST.EVAL_MODEL!r}, MIC.ENABLED {cfg.MIC.ENABLED})")
+    elif best.MODEL == "student" and cfg.TEST.EVAL_MODEL == "teacher":
+        problems.append("TEST.BEST_CHECKPOINT.MODEL is 'student', but TEST.EVAL_MODEL 'teacher' evaluates "
+                        "the teacher only")
+    if best.DATASET and best.DATASET not in cfg.DATASETS.TEST:
+        problems.append(f"TEST.BEST_CHECKPOINT.DATASET {best.DATASET!r} is not one of DATASETS.TEST "
+                        f"{tuple(cfg.DATASETS.TEST)}: only evaluated sets can select a checkpoint "
+                        "(add it there, or set TEST.BEST_CHECKPOINT.ENABLED False)")
+    if problems:
+        raise ValueError("; ".join(problems))

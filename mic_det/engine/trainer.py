@@ -14,12 +14,11 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import check_best_checkpoint
 from ..data.build import build_source_loader, build_target_loader
 from ..evaluation.plots import plot_metrics
 from ..teacher import EMATeacher
 from ..utils import get_rng_states, set_host_rng_states
-from .checkpoint_hooks import LastStateBestCheckpointer, SaveOnInterrupt
+from .checkpoint_hooks import LastStateBestCheckpointer, SaveOnInterrupt, check_best_checkpoint
 from .collapse_guard import CollapseGuard
 from .lr_schedule import build_lr_scheduler
 from .mic_step import MICStep
