@@ -13,8 +13,9 @@ Two additions, both about data that is not the clean labelled source set:
   (:class:`SkippedFiles`), and Detectron2's ``MapDataset`` draws another
   image. So is an image whose size is not the one its record says: its boxes
   would land in the wrong place. In evaluation a skip would silently change
-  the metric, so it is an error naming the file. Task mappers (segmentation labels, classification
-  images) skip their own unusable files through the same counter.
+  the metric, so it is an error naming the file. Task mappers (segmentation
+  labels, classification images) skip their own unusable files through the
+  same counter.
 """
 
 import contextlib

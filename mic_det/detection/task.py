@@ -90,7 +90,8 @@ class DetectionTask(MICTask):
         before the first step; a set without ``thing_classes`` gives none.
         """
         if self._class_names is None:
-            names = MetadataCatalog.get(self.cfg.DATASETS.TRAIN[0]).get("thing_classes") if self.cfg.DATASETS.TRAIN else None
+            train = self.cfg.DATASETS.TRAIN
+            names = MetadataCatalog.get(train[0]).get("thing_classes") if train else None
             self._class_names = list(names or [])
         return self._class_names
 
