@@ -1,7 +1,7 @@
 # mic_det: every target creates the project-local environment first (.venv/).
 #   make            the environment (torch 2.3.1, Detectron2 wheel, mic_det -e)
 #   make demo       built-in clear -> foggy pair: one source model, then MIC and its matched
-#                   control from it, 1000 + 500 steps (seed 0 of make bench-accuracy; DEMO_ARGS adds
+#                   control from it, 1000 + 1000 steps (seed 0 of make bench-accuracy; DEMO_ARGS adds
 #                   flags and overrides, e.g. "--shift night")
 #   make test       the test suite (what CI runs)
 #   make test-fast  its unit tier: no subprocess, no training run (pytest -m "not slow")

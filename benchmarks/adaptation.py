@@ -9,7 +9,8 @@ cached under ``--cache-dir``, keyed by everything that determines it (config,
 overrides, seed, steps, the built-in set's parameters), so every method, both
 shifts and later benchmark runs reuse it. Then each method runs the same
 ``--adapt-iters`` steps *from that checkpoint* (weights, optimizer, schedule:
-``tools/train_net.py --resume``), at the schedule's lower lr:
+``tools/train_net.py --resume``) on a restarted schedule. The default budget is
+the configs' own (:func:`~benchmarks.protocol.config_budget`: 1000 + 1000 steps):
 
 ====================  ===========================================================
 control               source-only training continued (the matched control)
@@ -51,9 +52,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .bench_report import (class_table, logged_training_seconds, main_table, pseudo_table, time_table, to_json,
                            verdict_lines)
 from .bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere, read_run,
-                         run_identity, source_overrides, start_run_folder)
+                         run_identity, source_overrides, start_run_folder, training_overrides)
 from .bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts
-from .protocol import METHODS, SHIFTS, Budget
+from .protocol import METHODS, SHIFTS, Budget, config_budget
 from .run_progress import progress_line, where_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,9 +81,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--demo", action="store_true",
                    help=f"what `make demo` runs: seeds {DEMO['seeds']}, methods {DEMO['methods']}, --jobs 2")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="fog", help="the built-in domain shift")
-    # The configs' own schedule (configs/synthetic/mic.yaml: 1000 source steps, then 500 of MIC).
-    p.add_argument("--source-iters", type=int, default=1000, help="steps of the shared source model")
-    p.add_argument("--adapt-iters", type=int, default=500, help="steps every method runs from it")
+    p.add_argument("--source-iters", type=int, default=None,
+                   help="steps of the shared source model (default: the shift's mic.yaml MIC.BURN_IN_ITERS)")
+    p.add_argument("--adapt-iters", type=int, default=None,
+                   help="steps every method runs from it (default: mic.yaml's SOLVER.MAX_ITER after the burn-in)")
     p.add_argument("--seeds", help=f"comma-separated seeds (default {FULL['seeds']})")
     p.add_argument("--methods", help=f"subset of {','.join(METHODS)} (default {FULL['methods']})")
     p.add_argument("--decayed-adaptation", action="store_true",
@@ -104,8 +106,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     elif args.quick:
         args.out_dir = args.out_dir or f"output/bench_adaptation_quick/{args.shift}"
         args.output = args.output or f"benchmarks/results/adaptation_{args.shift}_quick.json"
+    source_iters, adapt_iters = config_budget(args.shift, REPO)  # the configs' own schedule
+    if args.source_iters is not None:
+        source_iters = args.source_iters
+    if args.adapt_iters is not None:
+        adapt_iters = args.adapt_iters
     budget = Budget(
-        shift=args.shift, source_iters=args.source_iters, adapt_iters=args.adapt_iters,
+        shift=args.shift, source_iters=source_iters, adapt_iters=adapt_iters,
         seeds=[int(s) for s in (args.seeds or preset["seeds"]).split(",") if s.strip()],
         methods=[m.strip() for m in (args.methods or preset["methods"]).split(",") if m.strip()],
         overrides=overrides, eval_period=args.eval_period, restart=not args.decayed_adaptation,
@@ -184,14 +191,16 @@ def source_model_key(config: str, opts: List[str]) -> str:
     info = dataset_info()
     data = [info.get(k) for k in ("generator", "version", "seed", "height", "width")]
     data.append((info.get("splits") or {}).get("source_train"))
-    values = config_chain_values(os.path.join(REPO, config))
+    values = config_chain_values(os.path.join(REPO, config), overridden=opts[::2])
     return hashlib.sha1(json.dumps([values, opts, data], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def config_chain_values(path: str) -> List[Dict]:
+def config_chain_values(path: str, overridden: Sequence[str] = ()) -> List[Dict]:
     """The values of a config file and of every ``_BASE_`` it derives from, nearest first.
 
-    Values, not text: a comment edited in a config keeps its cached models valid.
+    Values, not text: a comment edited in a config keeps its cached models valid. Keys in
+    ``overridden`` (dotted, e.g. ``SOLVER.MAX_ITER``) are left out: the run's options set
+    them, so a change of the config's own schedule does not retrain a source model.
     """
     import yaml
 
@@ -199,6 +208,13 @@ def config_chain_values(path: str) -> List[Dict]:
     while path:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
+        for key in overridden:
+            *parents, leaf = key.split(".")
+            node = data
+            for parent in parents:
+                node = node.get(parent) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
         values.append(data)
         base = data.get("_BASE_")
         path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
@@ -415,14 +431,14 @@ def recorded_spread(budget: Budget, paths: Optional[Sequence[str]] = None) -> st
     if paths is None:
         full = os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}.json")
         paths = [full] + sorted(glob.glob(os.path.join(REPO, "benchmarks", "results", f"adaptation_{budget.shift}_*.json")))
-    ours = (budget.source_iters, budget.adapt_iters, list(budget.overrides), budget.restart)
+    ours = (budget.source_iters, budget.adapt_iters, training_overrides(budget.overrides), budget.restart)
     fallback = None
     for path in paths:
         rec = _recorded_gain(path, budget.shift)
         if rec is None:
             continue
         theirs, spread = rec
-        their_overrides = theirs["overrides"]
+        their_overrides = training_overrides(theirs["overrides"])
         if (theirs["source_iters"], theirs["adapt_iters"], their_overrides, theirs.get("restart", True)) == ours:
             return (f"The benchmark ({path}, seeds {theirs['seeds']}, same budget "
                     f"{theirs['source_iters']}+{theirs['adapt_iters']}, overrides {' '.join(their_overrides) or 'none'}) "

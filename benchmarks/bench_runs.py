@@ -17,6 +17,17 @@ from .protocol import Budget
 SOURCE_VAL = "synthetic_clear_val"
 
 
+#: Overrides that only add measurements: they change no trained weight, so they do not tell runs or
+#: records apart (the benchmark sets MIC.LOG_PSEUDO_LABEL_QUALITY on every MIC run itself).
+MEASUREMENT_ONLY = ("MIC.LOG_PSEUDO_LABEL_QUALITY",)
+
+
+def training_overrides(overrides: List[str]) -> List[str]:
+    """The trailing overrides without the measurement-only ones (:data:`MEASUREMENT_ONLY`)."""
+    pairs = zip(overrides[::2], overrides[1::2])
+    return [x for k, v in pairs if k not in MEASUREMENT_ONLY for x in (k, v)]
+
+
 def source_overrides(overrides: List[str]) -> List[str]:
     """The trailing overrides that can change the source model.
 
@@ -48,8 +59,8 @@ def run_identity(method: str, source_dir: str, adapt_iters: int, overrides: List
     """What makes two runs of ``method`` the same run: the source model (its folder name is keyed by
     seed, steps, config and overrides), the adaptation steps, and the overrides; for the control only
     those that reach source-only training (``MIC.*`` / ``UDA.*`` do not), so every method's ablation
-    shares one control."""
-    overrides = source_overrides(overrides) if method == "control" else list(overrides)
+    shares one control. Measurement-only overrides (:data:`MEASUREMENT_ONLY`) are left out."""
+    overrides = source_overrides(overrides) if method == "control" else training_overrides(overrides)
     return {"method": method, "source_model": os.path.basename(os.path.normpath(source_dir)),
             "adapt_iters": adapt_iters, "overrides": overrides}
 
@@ -82,6 +93,7 @@ def check_run_folder(out: str, wanted: Dict) -> None:
         return
     except ValueError as e:
         raise RuntimeError(f"{path}: unreadable ({e}); remove it or pass another --out-dir") from e
+    theirs["overrides"] = training_overrides(theirs.get("overrides", []))  # recorded before they were left out
     same = {k: v for k, v in theirs.items() if k != "adapt_iters"} == {k: v for k, v in wanted.items()
                                                                        if k != "adapt_iters"}
     if not same or theirs.get("adapt_iters", 0) > wanted["adapt_iters"]:

@@ -4,7 +4,7 @@
 """
 import os
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 # The built-in shifts: config folder and target val set.
 SHIFTS = {
@@ -78,6 +78,30 @@ class Budget:
     @property
     def target_val(self) -> str:
         return SHIFTS[self.shift][1]
+
+
+def config_budget(shift: str, repo: str) -> Tuple[int, int]:
+    """``(source_iters, adapt_iters)`` of the shift's ``mic.yaml``: its burn-in, and the steps after it.
+
+    The benchmark's default budget is the configs' own schedule, read from them, so that a
+    user's ``tools/train_net.py --config-file <shift>/mic.yaml`` run is seed 0 of the benchmark.
+    """
+    import yaml
+
+    found: Dict[str, int] = {}
+    path: Optional[str] = os.path.join(repo, SHIFTS[shift][0], METHODS["mic"].config)
+    while path and len(found) < 2:  # nearest value first, as Detectron2 merges _BASE_ files
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        for section, key in (("MIC", "BURN_IN_ITERS"), ("SOLVER", "MAX_ITER")):
+            if key not in found and key in (data.get(section) or {}):
+                found[key] = int(data[section][key])
+        base = data.get("_BASE_")
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
+    if len(found) < 2:
+        raise ValueError(f"{SHIFTS[shift][0]}/mic.yaml sets no MIC.BURN_IN_ITERS or SOLVER.MAX_ITER: "
+                         "pass --source-iters and --adapt-iters")
+    return found["BURN_IN_ITERS"], found["MAX_ITER"] - found["BURN_IN_ITERS"]
 
 
 def adaptation_lr_step(source_iters: int, adapt_iters: int) -> int:

@@ -130,7 +130,8 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
     opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.75 * iters)},)",
             "SOLVER.RESTART_ITERS", "()", "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
     opts += source_overrides(overrides)
-    key = hashlib.sha1(json.dumps([config_chain_values(config), opts], sort_keys=True).encode()).hexdigest()[:12]
+    values = config_chain_values(config, overridden=opts[::2])
+    key = hashlib.sha1(json.dumps([values, opts], sort_keys=True).encode()).hexdigest()[:12]
     folder = os.path.basename(task.source_config_dir or task.config_dir)
     out = os.path.join(cache_dir, f"{folder}_source_seed{seed}_{iters}_{key}")
     if os.path.isfile(os.path.join(out, "model_final.pth")):

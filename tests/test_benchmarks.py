@@ -162,15 +162,17 @@ def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_b
     DEMO_ARGS that match no record it must not call another budget 'the same'."""
     _, budget = adaptation.parse_args(["--demo"])
     assert budget.overrides == [] and budget.seeds == [0] and budget.methods == ["control", "mic"]
+    steps = dict(source_iters=budget.source_iters, adapt_iters=budget.adapt_iters)  # the configs' schedule
     small = ["INPUT.MIN_SIZE_TRAIN", "(160,)"]
-    full = _record(tmp_path / "adaptation_fog.json", [], [2.1, 4.1, 1.2])
-    other = _record(tmp_path / "adaptation_fog_small.json", small, [3.0, 2.0, 4.0])
-    night = _record(tmp_path / "adaptation_night.json", [], [9.0, 9.0], shift="night")
-    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", [], [5.0])
+    full = _record(tmp_path / "adaptation_fog.json", [], [2.1, 4.1, 1.2], **steps)
+    other = _record(tmp_path / "adaptation_fog_small.json", small, [3.0, 2.0, 4.0], **steps)
+    night = _record(tmp_path / "adaptation_night.json", [], [9.0, 9.0], shift="night", **steps)
+    one_seed = _record(tmp_path / "adaptation_fog_seed0.json", [], [5.0], **steps)
     line = adaptation.recorded_spread(budget, [other, night, one_seed, full])
-    assert full in line and "same budget 1000+500" in line and "+2.5 ± 1.5" in line and "+2.1, +4.1, +1.2" in line
+    assert full in line and f"same budget {budget.source_iters}+{budget.adapt_iters}" in line
+    assert "+2.5 ± 1.5" in line and "+2.1, +4.1, +1.2" in line
     assert "NOT above the control" in line  # 2.5 < 3 x 1.5: the demo says the gain is not established
-    strong = _record(tmp_path / "adaptation_fog_strong.json", [], [5.0, 6.0, 7.0])  # 6.0 > 3 x 1.5
+    strong = _record(tmp_path / "adaptation_fog_strong.json", [], [5.0, 6.0, 7.0], **steps)  # 6.0 > 3 x 1.5
     assert "NOT" not in adaptation.recorded_spread(budget, [strong]) and "above the control by more than 3" in \
         adaptation.recorded_spread(budget, [strong])
     # Without a record of its budget: the first readable one, said to be another budget.
@@ -183,6 +185,22 @@ def test_the_demo_reads_its_seed_against_the_recorded_spread_only_for_the_same_b
     assert small_input.overrides == small
     assert "same budget" in adaptation.recorded_spread(small_input, [full, other])
     assert "No recorded" in adaptation.recorded_spread(budget, [str(tmp_path / "missing.json"), one_seed])
+    # An override that only adds a measurement (pseudo-label precision) trains the same runs.
+    logged = _record(tmp_path / "adaptation_fog_logged.json", ["MIC.LOG_PSEUDO_LABEL_QUALITY", "True"], [2.0, 3.0], **steps)
+    assert "same budget" in adaptation.recorded_spread(budget, [logged])
+
+
+def test_a_measurement_only_override_is_the_same_run(tmp_path):
+    logged = ["MIC.LOG_PSEUDO_LABEL_QUALITY", "True"]
+    assert bench_runs.training_overrides(logged + ["MIC.EMA_ALPHA", "0.9"]) == ["MIC.EMA_ALPHA", "0.9"]
+    plain = bench_runs.run_identity("mic", "/cache/source_seed0_1000_abc", 500, [])
+    assert bench_runs.run_identity("mic", "/cache/source_seed0_1000_abc", 500, logged) == plain
+    # A folder recorded with the override is this run, and an ablation's folder is not.
+    (tmp_path / bench_runs.RUN_OF).write_text(json.dumps({**plain, "overrides": logged}))
+    bench_runs.check_run_folder(str(tmp_path), plain)
+    with pytest.raises(RuntimeError, match="holds another run"):
+        bench_runs.check_run_folder(str(tmp_path), bench_runs.run_identity(
+            "mic", "/cache/source_seed0_1000_abc", 500, ["MIC.EMA_ALPHA", "0.9"]))
 
 
 def test_pseudo_label_sweep_precision_recall_f1():
@@ -354,6 +372,12 @@ def test_a_source_models_cache_key_follows_config_values_through_bases_not_comme
     assert key() == first
     (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")
     assert key() != first
+    # A key the run's options set is not part of it: a config's schedule edit keeps the source models.
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 1500\n")
+    kept = json.dumps(adaptation.config_chain_values(str(tmp_path / "run.yaml"), ["SOLVER.MAX_ITER", "TEST.X"]))
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 2000\n")
+    assert json.dumps(adaptation.config_chain_values(str(tmp_path / "run.yaml"), ["SOLVER.MAX_ITER", "TEST.X"])) == kept
+    assert json.loads(kept)[1] == {"SOLVER": {"BASE_LR": 0.01}}
 
 
 # ------------------------------------------------------------------ the package

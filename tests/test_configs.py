@@ -169,6 +169,19 @@ def test_built_in_burn_in_configs_finish_the_source_schedule_then_restart_it_whe
             assert cfg.UDA.START_ITER == burn_in, path
 
 
+@pytest.mark.parametrize("shift", ["fog", "night"])
+def test_the_detection_benchmark_budget_is_the_configs_schedule(shift):
+    """``make bench-accuracy`` measures what ``train_net.py --config-file <shift>/mic.yaml`` runs."""
+    from benchmarks.protocol import SHIFTS, adaptation_schedule, config_budget
+
+    mic = _load(os.path.join(REPO, SHIFTS[shift][0], "mic.yaml"))
+    source_iters, adapt_iters = config_budget(shift, REPO)
+    assert (source_iters, source_iters + adapt_iters) == (mic.MIC.BURN_IN_ITERS, mic.SOLVER.MAX_ITER)
+    opts = dict(zip(*[iter(adaptation_schedule(source_iters, adapt_iters))] * 2))
+    assert opts["SOLVER.STEPS"] == str(tuple(mic.SOLVER.STEPS)).replace(" ", "")
+    assert opts["SOLVER.RESTART_ITERS"] == f"({mic.SOLVER.RESTART_ITERS[0]},)"
+
+
 def test_the_cpu_detection_configs_ignore_unsure_teacher_boxes_and_the_reference_configs_do_not():
     """The CPU default leaves teacher boxes in [0.2, delta) out of the background (BENCHMARKS.md, "Detection");
     the Cityscapes configs stay the paper's (no band)."""

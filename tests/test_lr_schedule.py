@@ -94,7 +94,7 @@ def test_bad_restarts_name_the_key(restarts):
 @pytest.mark.parametrize("steps, restarts, warned", [
     ((1200,), (), True),          # the source phase never decays before MIC starts
     ((750,), (), False),          # decayed, then MIC at the decayed lr
-    ((750, 1375), (1000,), False),  # decayed, then restarted for adaptation (the shipped detection configs)
+    ((750, 1375), (1000,), False),  # decayed, then restarted for adaptation (as the shipped detection configs)
 ])
 def test_full_lr_warning_looks_at_the_source_model_mic_starts_from(caplog, steps, restarts, warned):
     from mic_det.engine.trainer import warn_if_adaptation_starts_at_full_lr
