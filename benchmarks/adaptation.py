@@ -54,7 +54,7 @@ from .bench_report import (class_table, logged_training_seconds, main_table, pse
 from .bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere, read_run,
                          run_identity, source_overrides, start_run_folder, training_overrides)
 from .bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts
-from .protocol import METHODS, SHIFTS, Budget, config_budget
+from .protocol import METHODS, SHIFTS, Budget, config_budget, config_chain_values
 from .run_progress import progress_line, where_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -193,32 +193,6 @@ def source_model_key(config: str, opts: List[str]) -> str:
     data.append((info.get("splits") or {}).get("source_train"))
     values = config_chain_values(os.path.join(REPO, config), overridden=opts[::2])
     return hashlib.sha1(json.dumps([values, opts, data], sort_keys=True).encode()).hexdigest()[:12]
-
-
-def config_chain_values(path: str, overridden: Sequence[str] = ()) -> List[Dict]:
-    """The values of a config file and of every ``_BASE_`` it derives from, nearest first.
-
-    Values, not text: a comment edited in a config keeps its cached models valid. Keys in
-    ``overridden`` (dotted, e.g. ``SOLVER.MAX_ITER``) are left out: the run's options set
-    them, so a change of the config's own schedule does not retrain a source model.
-    """
-    import yaml
-
-    values = []
-    while path:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        for key in overridden:
-            *parents, leaf = key.split(".")
-            node = data
-            for parent in parents:
-                node = node.get(parent) if isinstance(node, dict) else None
-            if isinstance(node, dict):
-                node.pop(leaf, None)
-        values.append(data)
-        base = data.get("_BASE_")
-        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
-    return values
 
 
 SOURCE_CONFIG = "configs/synthetic/source_only.yaml"  # the clear source, shared by every shift

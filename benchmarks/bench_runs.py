@@ -93,7 +93,7 @@ def check_run_folder(out: str, wanted: Dict) -> None:
         return
     except ValueError as e:
         raise RuntimeError(f"{path}: unreadable ({e}); remove it or pass another --out-dir") from e
-    theirs["overrides"] = training_overrides(theirs.get("overrides", []))  # recorded before they were left out
+    theirs["overrides"] = training_overrides(theirs.get("overrides", []))  # a folder may record them: the same run
     same = {k: v for k, v in theirs.items() if k != "adapt_iters"} == {k: v for k, v in wanted.items()
                                                                        if k != "adapt_iters"}
     if not same or theirs.get("adapt_iters", 0) > wanted["adapt_iters"]:

@@ -4,7 +4,7 @@
 """
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 # The built-in shifts: config folder and target val set.
 SHIFTS = {
@@ -80,24 +80,43 @@ class Budget:
         return SHIFTS[self.shift][1]
 
 
+def config_chain_values(path: str, overridden: Sequence[str] = ()) -> List[Dict]:
+    """The values of a config file and of every ``_BASE_`` it derives from, nearest first.
+
+    Values, not text: a comment edited in a config keeps its cached models valid. Keys in
+    ``overridden`` (dotted, e.g. ``SOLVER.MAX_ITER``) are left out: the run's options set
+    them, so a change of the config's own schedule does not retrain a source model.
+    """
+    import yaml
+
+    values = []
+    while path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        for key in overridden:
+            *parents, leaf = key.split(".")
+            node = data
+            for parent in parents:
+                node = node.get(parent) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+        values.append(data)
+        base = data.get("_BASE_")
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
+    return values
+
+
 def config_budget(shift: str, repo: str) -> Tuple[int, int]:
     """``(source_iters, adapt_iters)`` of the shift's ``mic.yaml``: its burn-in, and the steps after it.
 
     The benchmark's default budget is the configs' own schedule, read from them, so that a
     user's ``tools/train_net.py --config-file <shift>/mic.yaml`` run is seed 0 of the benchmark.
     """
-    import yaml
-
     found: Dict[str, int] = {}
-    path: Optional[str] = os.path.join(repo, SHIFTS[shift][0], METHODS["mic"].config)
-    while path and len(found) < 2:  # nearest value first, as Detectron2 merges _BASE_ files
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
+    for data in config_chain_values(os.path.join(repo, SHIFTS[shift][0], METHODS["mic"].config)):
         for section, key in (("MIC", "BURN_IN_ITERS"), ("SOLVER", "MAX_ITER")):
-            if key not in found and key in (data.get(section) or {}):
+            if key not in found and key in (data.get(section) or {}):  # nearest first, as Detectron2 merges
                 found[key] = int(data[section][key])
-        base = data.get("_BASE_")
-        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else None
     if len(found) < 2:
         raise ValueError(f"{SHIFTS[shift][0]}/mic.yaml sets no MIC.BURN_IN_ITERS or SOLVER.MAX_ITER: "
                          "pass --source-iters and --adapt-iters")

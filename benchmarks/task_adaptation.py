@@ -47,11 +47,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .adaptation import config_chain_values, execute, machine_info
+from .adaptation import execute, machine_info
 from .bench_report import main_table, to_json, verdict_lines
 from .bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder
 from .bench_stats import SIGNIFICANCE, paired, summarize, verdicts
-from .protocol import adaptation_schedule
+from .protocol import adaptation_schedule, config_chain_values
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
