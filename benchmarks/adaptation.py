@@ -38,12 +38,10 @@ checkpoint, so re-running a command continues it.
 """
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,13 +50,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .bench_report import (class_table, logged_training_seconds, main_table, pseudo_table, time_table, to_json,
                            verdict_lines)
 from .bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_control_elsewhere, read_run,
-                         run_identity, source_overrides, start_run_folder, training_overrides)
+                         run_identity, start_run_folder, training_overrides)
 from .bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts
-from .protocol import METHODS, SHIFTS, Budget, config_budget, config_chain_values
-from .run_progress import progress_line, where_line
+from .protocol import METHODS, SHIFTS, Budget, config_budget
+from . import run_progress
+from .run_progress import execute
+from .source_models import source_model_dir, source_options, train_source_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROGRESS_SECONDS = 30.0  # between progress lines of a run (--progress-every; 0: none)
 RESERVED_KEYS = {
     "SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.CHECKPOINT_PERIOD", "TEST.EVAL_PERIOD", "DATASETS.TEST", "SEED",
     "OUTPUT_DIR", "MIC.BURN_IN_ITERS", "UDA.START_ITER", "MODEL.WEIGHTS", "SOLVER.RESTART_ITERS",
@@ -92,7 +91,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     p.add_argument("--eval-period", type=int, default=0,
                    help="also evaluate every N adaptation steps (learning curves; the report uses the last)")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each with OMP_NUM_THREADS=1 if >1)")
-    p.add_argument("--progress-every", type=float, default=PROGRESS_SECONDS, metavar="SECONDS",
+    p.add_argument("--progress-every", type=float, default=run_progress.PROGRESS_SECONDS, metavar="SECONDS",
                    help="print each run's step, ETA, loss and latest AP this often (0: only start and end)")
     p.add_argument("--cache-dir", default="output/bench_cache", help="shared source models")
     p.add_argument("--out-dir", default=None, help="runs (default output/bench_adaptation/<shift>)")
@@ -136,36 +135,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
 
 
 # --------------------------------------------------------------------------- running
-def execute(cmd: List[str], log_path: str, threads: Optional[int], label: str = "",
-            total_iters: int = 0, dataset: Optional[str] = None) -> float:
-    """Run ``cmd`` with its output in ``log_path``; return its wall time.
-
-    With a ``label``, say where the run's log and TensorBoard files are, and every
-    ``PROGRESS_SECONDS`` print one progress line from the run's ``metrics.json``
-    (step, ETA, loss, the latest ``dataset`` metric).
-    """
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    run_dir = os.path.dirname(log_path)
-    start = time.perf_counter()
-    with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        if label:
-            print(where_line(label, run_dir), flush=True)
-        while True:
-            try:
-                proc.wait(timeout=PROGRESS_SECONDS if label and PROGRESS_SECONDS > 0 else None)
-                break
-            except subprocess.TimeoutExpired:
-                print(progress_line(label, run_dir, total_iters, dataset), flush=True)
-    if proc.returncode != 0:
-        with open(log_path) as f:
-            tail = f.read()[-4000:]
-        raise RuntimeError(f"run failed ({proc.returncode}), log {log_path}:\n{tail}")
-    return time.perf_counter() - start
-
-
 def dataset_info(shift: str = "fog") -> Dict:
     """The built-in set's parameters (generated on first use by the first run if missing).
 
@@ -182,50 +151,36 @@ def dataset_info(shift: str = "fog") -> Dict:
     return info
 
 
-def source_model_key(config: str, opts: List[str]) -> str:
-    """What determines the source model: its config values, the options, and the labelled source split.
+SOURCE_CONFIG = os.path.join(REPO, "configs/synthetic/source_only.yaml")  # the clear source, shared by every shift
+
+
+def source_data_key() -> list:
+    """What of the built-in set determines a source model: its parameters and the labelled source split.
 
     Only the clear training images enter (not the target splits), so adding a
     shift to the built-in set keeps every cached source model valid.
     """
     info = dataset_info()
     data = [info.get(k) for k in ("generator", "version", "seed", "height", "width")]
-    data.append((info.get("splits") or {}).get("source_train"))
-    values = config_chain_values(os.path.join(REPO, config), overridden=opts[::2])
-    return hashlib.sha1(json.dumps([values, opts, data], sort_keys=True).encode()).hexdigest()[:12]
-
-
-SOURCE_CONFIG = "configs/synthetic/source_only.yaml"  # the clear source, shared by every shift
-
-
-def source_options(seed: int, budget: Budget) -> List[str]:
-    return ["SEED", str(seed), "SOLVER.MAX_ITER", str(budget.source_iters), "SOLVER.STEPS", f"({budget.lr_step},)",
-            "SOLVER.RESTART_ITERS", "()",
-            "SOLVER.CHECKPOINT_PERIOD", str(budget.source_iters), "TEST.EVAL_PERIOD", "0",
-            "DATASETS.TEST", "()"] + source_overrides(budget.overrides)
+    return data + [(info.get("splits") or {}).get("source_train")]
 
 
 def source_dir(seed: int, budget: Budget, cache_dir: str) -> str:
     """The seed's source model folder in the cache, named by what determines the model."""
-    key = source_model_key(SOURCE_CONFIG, source_options(seed, budget))
-    return os.path.join(cache_dir, f"source_seed{seed}_{budget.source_iters}_{key}")
+    opts = source_options(seed, budget.source_iters, budget.overrides)
+    return source_model_dir(cache_dir, "", seed, budget.source_iters, SOURCE_CONFIG, opts, data=source_data_key())
 
 
 def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[int]) -> Dict:
     """Train (or find) the seed's source model; returns its run dir and wall time."""
-    config, opts, out = SOURCE_CONFIG, source_options(seed, budget), source_dir(seed, budget, cache_dir)
-    ckpt = os.path.join(out, budget.checkpoint)
-    if os.path.isfile(ckpt) and os.path.isfile(os.path.join(out, "model_final.pth")):
-        print(f"[seed {seed}] source model: cached at {out}", flush=True)
+    out = source_dir(seed, budget, cache_dir)
+    label = f"[seed {seed}] source model"
+    wall = train_source_model(SOURCE_CONFIG, source_options(seed, budget.source_iters, budget.overrides), out,
+                              label, budget.source_iters, threads, needed=(budget.checkpoint, "model_final.pth"))
+    if wall is None:
         return {"dir": out, "wall_seconds": None, "cached": True, "steps_run": budget.source_iters,
                 "logged_training_seconds": logged_training_seconds(out)}
-    resume = ["--resume"] if os.path.isfile(os.path.join(out, "last_checkpoint")) else []
-    os.makedirs(out, exist_ok=True)
-    cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
-    print(f"[seed {seed}] source model: {' '.join(cmd)}", flush=True)
-    wall = execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] source model",
-                   total_iters=budget.source_iters)
-    print(f"[seed {seed}] source model: {wall:.0f} s", flush=True)
+    print(f"{label}: {wall:.0f} s", flush=True)
     return {"dir": out, "wall_seconds": wall, "cached": False, "steps_run": budget.source_iters}
 
 
@@ -331,9 +286,8 @@ def run_order(budget: Budget) -> List[Tuple[str, int]]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
-    global PROGRESS_SECONDS
     args, budget = parse_args(argv)
-    PROGRESS_SECONDS = args.progress_every
+    run_progress.PROGRESS_SECONDS = args.progress_every
     threads = 1 if args.jobs > 1 else None
     start = time.perf_counter()
     print(f"Adaptation benchmark, shift {budget.shift}: source model {budget.source_iters} steps, then "

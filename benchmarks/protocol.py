@@ -52,8 +52,7 @@ class Budget:
 
     @property
     def lr_step(self) -> int:
-        """The source schedule ends (lr x0.1) at 75% of its steps, before adaptation starts."""
-        return int(0.75 * self.source_iters)
+        return source_lr_step(self.source_iters)
 
     @property
     def adapt_lr_step(self) -> int:
@@ -121,6 +120,11 @@ def config_budget(shift: str, repo: str) -> Tuple[int, int]:
         raise ValueError(f"{SHIFTS[shift][0]}/mic.yaml sets no MIC.BURN_IN_ITERS or SOLVER.MAX_ITER: "
                          "pass --source-iters and --adapt-iters")
     return found["BURN_IN_ITERS"], found["MAX_ITER"] - found["BURN_IN_ITERS"]
+
+
+def source_lr_step(source_iters: int) -> int:
+    """The source model's lr falls x0.1 at 75% of its steps, before adaptation starts."""
+    return int(0.75 * source_iters)
 
 
 def adaptation_lr_step(source_iters: int, adapt_iters: int) -> int:

@@ -1,4 +1,4 @@
-"""Progress lines for a training run that a benchmark starts in the background.
+"""Running a benchmark's training run in the background, with progress lines.
 
 A benchmark run writes its own output to ``OUTPUT_DIR/stdout.txt``; without these
 lines the terminal shows nothing for the minutes a run takes. Every ``period``
@@ -9,9 +9,14 @@ evaluation metric of the target set.
 """
 import json
 import os
-from typing import Dict, Optional
+import subprocess
+import time
+from typing import Dict, List, Optional
 
-__all__ = ["latest_rows", "progress_line", "where_line"]
+__all__ = ["execute", "latest_rows", "progress_line", "where_line"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROGRESS_SECONDS = 30.0  # between progress lines of a run (the benchmarks' --progress-every; 0: none)
 
 _TAIL_BYTES = 64 * 1024  # enough for the last training row and the last evaluation row
 # Evaluation metrics shown, first found wins: detection, segmentation, classification.
@@ -70,3 +75,33 @@ def progress_line(label: str, run_dir: str, total_iters: int, dataset: Optional[
 def where_line(label: str, run_dir: str) -> str:
     """Where a run's log and TensorBoard files are."""
     return f"{label}: log {os.path.join(run_dir, 'log.txt')}; TensorBoard: tensorboard --logdir {run_dir}"
+
+
+def execute(cmd: List[str], log_path: str, threads: Optional[int], label: str = "",
+            total_iters: int = 0, dataset: Optional[str] = None) -> float:
+    """Run ``cmd`` with its output in ``log_path``; return its wall time.
+
+    With a ``label``, say where the run's log and TensorBoard files are, and every
+    ``PROGRESS_SECONDS`` print one progress line from the run's ``metrics.json``
+    (step, ETA, loss, the latest ``dataset`` metric).
+    """
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    run_dir = os.path.dirname(log_path)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if label:
+            print(where_line(label, run_dir), flush=True)
+        while True:
+            try:
+                proc.wait(timeout=PROGRESS_SECONDS if label and PROGRESS_SECONDS > 0 else None)
+                break
+            except subprocess.TimeoutExpired:
+                print(progress_line(label, run_dir, total_iters, dataset), flush=True)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            tail = f.read()[-4000:]
+        raise RuntimeError(f"run failed ({proc.returncode}), log {log_path}:\n{tail}")
+    return time.perf_counter() - start

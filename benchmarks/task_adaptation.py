@@ -38,7 +38,6 @@ the clear source, so one cached source model per seed serves both shifts.
 Finished runs are skipped and interrupted ones resume, so re-running continues.
 """
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -47,11 +46,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .adaptation import execute, machine_info
+from .adaptation import machine_info
 from .bench_report import main_table, to_json, verdict_lines
-from .bench_runs import check_run_folder, run_identity, source_overrides, start_run_folder
+from .bench_runs import check_run_folder, run_identity, start_run_folder
 from .bench_stats import SIGNIFICANCE, paired, summarize, verdicts
-from .protocol import adaptation_schedule, config_chain_values
+from .protocol import adaptation_schedule
+from .run_progress import execute
+from .source_models import source_model_dir, source_options, train_source_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,21 +129,10 @@ def source_model(task: TaskBench, seed: int, iters: int, overrides: List[str], c
                  threads: Optional[int]) -> str:
     """Train (or find) the seed's source model; returns its folder."""
     config = os.path.join(REPO, task.source_config_dir or task.config_dir, task.methods["control"][1])
-    opts = ["SEED", str(seed), "SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(0.75 * iters)},)",
-            "SOLVER.RESTART_ITERS", "()", "SOLVER.CHECKPOINT_PERIOD", str(iters), "TEST.EVAL_PERIOD", "0", "DATASETS.TEST", "()"]
-    opts += source_overrides(overrides)
-    values = config_chain_values(config, overridden=opts[::2])
-    key = hashlib.sha1(json.dumps([values, opts], sort_keys=True).encode()).hexdigest()[:12]
+    opts = source_options(seed, iters, overrides)
     folder = os.path.basename(task.source_config_dir or task.config_dir)
-    out = os.path.join(cache_dir, f"{folder}_source_seed{seed}_{iters}_{key}")
-    if os.path.isfile(os.path.join(out, "model_final.pth")):
-        print(f"[seed {seed}] source model: cached at {out}", flush=True)
-        return out
-    resume = ["--resume"] if os.path.isfile(os.path.join(out, "last_checkpoint")) else []
-    os.makedirs(out, exist_ok=True)
-    cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
-    print(f"[seed {seed}] source model: {' '.join(cmd)}", flush=True)
-    execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] source model", total_iters=iters)
+    out = source_model_dir(cache_dir, f"{folder}_", seed, iters, config, opts)
+    train_source_model(config, opts, out, f"[seed {seed}] source model", iters, threads)
     return out
 
 

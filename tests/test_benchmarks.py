@@ -14,6 +14,7 @@ import torch
 from detectron2.structures import Boxes, Instances
 
 from benchmarks import adaptation, bench_report, bench_runs, bench_stats, pseudo_label_sweep, run_progress
+from benchmarks.source_models import source_model_dir, source_options
 
 from .conftest import REPO, TINY_OVERRIDES
 
@@ -102,7 +103,7 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
     # The source model's schedule (x0.1 at 150), then adaptation's own: restarted at 200, x0.1 at 237.
     assert opts["SOLVER.STEPS"] == "(150,237)" and opts["SOLVER.RESTART_ITERS"] == "(200,)"
     assert opts["DATASETS.TEST"] == "('synthetic_night_val','synthetic_clear_val')"
-    source = dict(zip(*[iter(adaptation.source_options(0, budget))] * 2))
+    source = dict(zip(*[iter(source_options(0, budget.source_iters, budget.overrides))] * 2))
     assert source["SOLVER.STEPS"] == "(150,)" and source["SOLVER.RESTART_ITERS"] == "()"
     # --decayed-adaptation: adaptation at the source schedule's lr x0.1, in runs of their own.
     _, decayed = adaptation.parse_args(["--quick", "--source-iters", "200", "--adapt-iters", "50", "--decayed-adaptation"])
@@ -347,37 +348,39 @@ def test_progress_line_reads_step_eta_loss_and_the_target_metric_from_metrics_js
 
 
 def test_a_benchmark_run_prints_where_its_log_is_and_its_progress_while_it_trains(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(adaptation, "PROGRESS_SECONDS", 0.2)
+    monkeypatch.setattr(run_progress, "PROGRESS_SECONDS", 0.2)
     script = ("import json, time\n"
               f"f = open({str(tmp_path / 'metrics.json')!r}, 'w')\n"
               "f.write(json.dumps({'iteration': 19, 'total_loss': 2.0, 'eta_seconds': 61}) + '\\n'); f.flush()\n"
               "time.sleep(1.0)\n")
-    adaptation.execute([sys.executable, "-c", script], str(tmp_path / "stdout.txt"), None,
-                       label="[seed 0] mic", total_iters=40)
+    run_progress.execute([sys.executable, "-c", script], str(tmp_path / "stdout.txt"), None,
+                         label="[seed 0] mic", total_iters=40)
     out = capsys.readouterr().out
     assert f"log {tmp_path / 'log.txt'}; TensorBoard: tensorboard --logdir {tmp_path}" in out
     assert "[seed 0] mic: step 20/40, total_loss 2.000, ETA 1 min 01 s" in out
 
 
-def test_a_source_models_cache_key_follows_config_values_through_bases_not_comments(tmp_path):
+def test_a_source_models_cache_folder_follows_config_values_through_bases_not_comments(tmp_path):
+    """One rule names the cached source models of every benchmark (detection, segmentation, classification)."""
     (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.02\n")
     (tmp_path / "run.yaml").write_text('_BASE_: "base.yaml"\nSEED: 1\n')
+    opts = source_options(0, 40, ["MIC.EMA_ALPHA", "0.9", "INPUT.MIN_SIZE_TRAIN", "(96,)"])
+    assert "MIC.EMA_ALPHA" not in opts and opts[-2:] == ["INPUT.MIN_SIZE_TRAIN", "(96,)"]  # no effect on source-only
 
-    def key():
-        values = adaptation.config_chain_values(str(tmp_path / "run.yaml"))
-        return json.dumps(values, sort_keys=True)
+    def folder(data=None):
+        return source_model_dir(str(tmp_path), "seg_", 0, 40, str(tmp_path / "run.yaml"), opts, data)
 
-    first = key()
+    first = folder()
+    assert os.path.basename(first).startswith("seg_source_seed0_40_") and folder() == first
+    assert folder(data=["generator", 1]) != first  # detection adds the built-in set's parameters
     (tmp_path / "base.yaml").write_text("# the lr is measured in BENCHMARKS.md\nSOLVER:\n  BASE_LR: 0.02  # chosen\n")
-    assert key() == first
+    assert folder() == first
     (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n")
-    assert key() != first
+    changed = folder()
+    assert changed != first
     # A key the run's options set is not part of it: a config's schedule edit keeps the source models.
-    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 1500\n")
-    kept = json.dumps(adaptation.config_chain_values(str(tmp_path / "run.yaml"), ["SOLVER.MAX_ITER", "TEST.X"]))
-    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 2000\n")
-    assert json.dumps(adaptation.config_chain_values(str(tmp_path / "run.yaml"), ["SOLVER.MAX_ITER", "TEST.X"])) == kept
-    assert json.loads(kept)[1] == {"SOLVER": {"BASE_LR": 0.01}}
+    (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.01\n  MAX_ITER: 1500\n  STEPS: (9,)\n")
+    assert folder() == changed
 
 
 # ------------------------------------------------------------------ the package

@@ -299,7 +299,7 @@ def test_the_task_benchmark_report_pairs_seeds_and_checks_the_targets():
 
 def test_the_task_benchmark_runs_the_night_shift_from_the_fog_benchmarks_source_model(tmp_path, monkeypatch):
     """--shift night: the night configs and val set, the clear source model of the fog benchmark (one cache)."""
-    from benchmarks import task_adaptation as bench
+    from benchmarks import run_progress, task_adaptation as bench
 
     for name, target in (("cls", "synthetic_cls_night_val"), ("seg", "synthetic_seg_night_val")):
         fog, night = bench.task_bench(name, "fog"), bench.task_bench(name, "night")
@@ -315,7 +315,7 @@ def test_the_task_benchmark_runs_the_night_shift_from_the_fog_benchmarks_source_
         bench.task_bench("cls", "rain")
 
     commands = []
-    monkeypatch.setattr(bench, "execute", lambda cmd, log, threads, **progress: commands.append(cmd) or 0.0)
+    monkeypatch.setattr(run_progress, "execute", lambda cmd, log, threads, **progress: commands.append(cmd) or 0.0)
     for shift in ("fog", "night"):
         bench.source_model(bench.task_bench("cls", shift), 0, 10, [], str(tmp_path), None)
     assert commands[0] == commands[1]  # the same config and output folder: one source model for both shifts
