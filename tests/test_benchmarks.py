@@ -114,8 +114,10 @@ def test_adaptation_command_starts_every_method_from_the_source_checkpoint(tmp_p
         adaptation.parse_args(["SOLVER.MAX_ITER", "5"])  # the benchmark's own key
 
 
-def test_the_longest_runs_are_queued_first_so_two_jobs_do_not_end_on_one():
-    _, budget = adaptation.parse_args(["--seeds", "0,1"])
+def test_the_default_methods_are_the_recorded_ones_and_the_longest_runs_are_queued_first():
+    _, default = adaptation.parse_args([])
+    assert default.methods == ["control", "mic", "oracle"] and default.seeds == [0, 1, 2]
+    _, budget = adaptation.parse_args(["--seeds", "0,1", "--methods", "oracle,mic,sada,mic_sada"])
     order = adaptation.run_order(budget)
     assert order[:2] == [("mic_sada", 0), ("mic_sada", 1)] and order[2] == ("mic", 0)
     assert sorted(order) == sorted((m, s) for m in budget.methods for s in (0, 1))  # each run once
