@@ -155,6 +155,28 @@ def test_resume_continues_exactly(source_only_run, tiny_pair, tmp_path):
     assert any(not torch.equal(a["model"][k], a["teacher"]["model." + k]) for k in a["model"])
 
 
+def test_evaluating_during_training_does_not_change_the_trained_model(source_only_run, tiny_pair, tmp_path):
+    """A run evaluated every 2 steps trains the same student and teacher as one evaluated at its end only.
+
+    Iterating a test loader draws its base seed from torch's RNG, which the next steps' RoI
+    sampling and masks draw from; the trainer puts the RNGs back after each evaluation.
+    """
+    finals = {}
+    for period in (2, 4):
+        out = tmp_path / f"eval_every_{period}"
+        run_train_net(_mic_args(source_only_run, "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", str(period),
+                                "MIC.EMA_ALPHA", "0.9"), out, tiny_pair)
+        assert len(_evals(read_metrics(out))) == 4 // period
+        finals[period] = torch.load(os.path.join(out, "model_final.pth"), map_location="cpu")
+    start = torch.load(os.path.join(source_only_run, "model_final.pth"), map_location="cpu")["model"]
+    a, b = finals[2], finals[4]
+    assert any(not torch.equal(a["model"][k], start[k]) for k in start), "the student did not train"
+    for part in ("model", "teacher"):
+        assert a[part].keys() == b[part].keys()
+        changed = [k for k in a[part] if not torch.equal(a[part][k], b[part][k])]
+        assert not changed, f"{part}: evaluating at step 2 changed {len(changed)} tensors, e.g. {changed[:3]}"
+
+
 def test_best_checkpoint_keeps_the_best_evaluation(source_only_run, tiny_pair, tmp_path):
     run_train_net(
         ["--config-file", "configs/synthetic/source_only.yaml", "MODEL.WEIGHTS",

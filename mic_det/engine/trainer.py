@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 from ..data.build import build_source_loader, build_target_loader
 from ..evaluation.plots import plot_metrics
 from ..teacher import EMATeacher
-from ..utils import get_rng_states, set_host_rng_states
+from ..utils import get_rng_states, rng_states_kept, set_host_rng_states
 from .checkpoint_hooks import LastStateBestCheckpointer, SaveOnInterrupt, check_best_checkpoint
 from .collapse_guard import CollapseGuard
 from .lr_schedule import build_lr_scheduler
@@ -240,8 +240,9 @@ class MICTrainer(DefaultTrainer):
             teacher = self.teacher if self.iter >= cfg.MIC.BURN_IN_ITERS else None
             if teacher is None and cfg.TEST.EVAL_MODEL == "teacher":
                 return {}
-            self._last_eval_results = evaluate_models(cfg, models_to_evaluate(cfg, self.model, teacher), self.iter,
-                                                      self.task)
+            with rng_states_kept():  # the trained model does not depend on TEST.EVAL_PERIOD
+                self._last_eval_results = evaluate_models(cfg, models_to_evaluate(cfg, self.model, teacher),
+                                                          self.iter, self.task)
             log_teacher_student_gap(self._last_eval_results, cfg.TEST.BEST_CHECKPOINT.METRIC, self.storage)
             return self._last_eval_results
 
