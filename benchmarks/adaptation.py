@@ -54,7 +54,7 @@ from .bench_runs import (SOURCE_VAL, check_run_folder, final_record, finished_co
 from .bench_stats import SIGNIFICANCE, mean_std, summarize, verdicts
 from .protocol import METHODS, SHIFTS, Budget, config_budget
 from . import run_progress
-from .run_progress import execute
+from .run_progress import execute, say
 from .source_models import source_model_dir, source_options, train_source_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +182,7 @@ def source_model(seed: int, budget: Budget, cache_dir: str, threads: Optional[in
     if wall is None:
         return {"dir": out, "wall_seconds": None, "cached": True, "steps_run": budget.source_iters,
                 "logged_training_seconds": logged_training_seconds(out)}
-    print(f"{label}: {wall:.0f} s", flush=True)
+    say(f"{label}: {wall:.0f} s")
     return {"dir": out, "wall_seconds": wall, "cached": False, "steps_run": budget.source_iters}
 
 
@@ -211,8 +211,7 @@ def evaluate_shared_control(seed: int, out: str, budget: Budget, weights: str, t
     cmd = [sys.executable, "tools/train_net.py", "--config-file", budget.config("control"), "--eval-only",
            "--eval-model", "student", "MODEL.WEIGHTS", weights, "OUTPUT_DIR", out,
            "DATASETS.TEST", f"('{budget.target_val}','{SOURCE_VAL}')"] + budget.overrides
-    print(f"[seed {seed}] control: the same run as {os.path.dirname(weights)}, evaluated here: {' '.join(cmd)}",
-          flush=True)
+    say(f"[seed {seed}] control: the same run as {os.path.dirname(weights)}, evaluated here: {' '.join(cmd)}")
     wall = execute(cmd, os.path.join(out, "stdout.txt"), threads)
     record = {"iteration": budget.total, "shared_control": weights}
     for dataset in (budget.target_val, SOURCE_VAL):
@@ -232,7 +231,7 @@ def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, th
     identity = run_identity(method, source["dir"], budget.adapt_iters, budget.identity_overrides)
     check_run_folder(out, identity)
     if final_record(out, budget.total, budget.target_val) is not None:
-        print(f"[seed {seed}] {method}: done before, skipped", flush=True)
+        say(f"[seed {seed}] {method}: done before, skipped")
         return {"wall_seconds": None, "skipped": True, "steps_run": budget.adapt_iters,
                 "logged_training_seconds": logged_training_seconds(out)}
     shared = finished_control_elsewhere(out, budget, source["dir"]) if method == "control" else None
@@ -242,10 +241,10 @@ def adapt(method: str, seed: int, budget: Budget, out_dir: str, source: Dict, th
         wall = evaluate_shared_control(seed, out, budget, shared, threads)
         return {"wall_seconds": wall, "skipped": False, "steps_run": 0, "shared_with": shared}
     cmd = adapt_command(method, seed, out, budget, source["dir"])
-    print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
+    say(f"[seed {seed}] {method}: {' '.join(cmd)}")
     wall = execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] {method}",
                    total_iters=budget.total, dataset=budget.target_val)
-    print(f"[seed {seed}] {method}: {wall:.0f} s", flush=True)
+    say(f"[seed {seed}] {method}: {wall:.0f} s")
     return {"wall_seconds": wall, "skipped": False, "steps_run": budget.adapt_iters, "command": cmd}
 
 

@@ -10,13 +10,26 @@ evaluation metric of the target set.
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from typing import Dict, List, Optional
 
-__all__ = ["execute", "latest_rows", "progress_line", "where_line"]
+__all__ = ["execute", "latest_rows", "progress_line", "say", "where_line"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRESS_SECONDS = 30.0  # between progress lines of a run (the benchmarks' --progress-every; 0: none)
+
+_SAY_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print ``line`` whole: the runs of ``--jobs 2`` report from two threads, and ``print``
+    writes a line and its newline apart, so two lines could run into one."""
+    with _SAY_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
 
 _TAIL_BYTES = 64 * 1024  # enough for the last training row and the last evaluation row
 # Evaluation metrics shown, first found wins: detection, segmentation, classification.
@@ -93,13 +106,13 @@ def execute(cmd: List[str], log_path: str, threads: Optional[int], label: str = 
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         if label:
-            print(where_line(label, run_dir), flush=True)
+            say(where_line(label, run_dir))
         while True:
             try:
                 proc.wait(timeout=PROGRESS_SECONDS if label and PROGRESS_SECONDS > 0 else None)
                 break
             except subprocess.TimeoutExpired:
-                print(progress_line(label, run_dir, total_iters, dataset), flush=True)
+                say(progress_line(label, run_dir, total_iters, dataset))
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-4000:]

@@ -54,10 +54,10 @@ def train_source_model(config: str, opts: List[str], out: str, label: str, iters
     interrupted run (``last_checkpoint`` and no final model) resumes.
     """
     if all(os.path.isfile(os.path.join(out, name)) for name in needed):
-        print(f"{label}: cached at {out}", flush=True)
+        run_progress.say(f"{label}: cached at {out}")
         return None
     resume = ["--resume"] if os.path.isfile(os.path.join(out, "last_checkpoint")) else []
     os.makedirs(out, exist_ok=True)
     cmd = [sys.executable, "tools/train_net.py", "--config-file", config] + resume + opts + ["OUTPUT_DIR", out]
-    print(f"{label}: {' '.join(cmd)}", flush=True)
+    run_progress.say(f"{label}: {' '.join(cmd)}")
     return run_progress.execute(cmd, os.path.join(out, "stdout.txt"), threads, label=label, total_iters=iters)

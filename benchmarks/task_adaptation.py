@@ -51,7 +51,7 @@ from .bench_report import main_table, to_json, verdict_lines
 from .bench_runs import check_run_folder, run_identity, start_run_folder
 from .bench_stats import SIGNIFICANCE, paired, summarize, verdicts
 from .protocol import adaptation_schedule
-from .run_progress import execute
+from .run_progress import execute, say
 from .source_models import source_model_dir, source_options, train_source_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -159,7 +159,7 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
     identity = run_identity(method, source_dir, adapt_iters, overrides + (["--restart-adaptation"] if task.restart else []))
     check_run_folder(out, identity)
     if _final_record(_records(out), total, task) is not None:
-        print(f"[seed {seed}] {method}: done before, skipped", flush=True)
+        say(f"[seed {seed}] {method}: done before, skipped")
         return out
     start_run_folder(out, identity, source_dir, f"model_{source_iters - 1:07d}.pth")
     cmd = [sys.executable, "tools/train_net.py", "--config-file",
@@ -169,10 +169,10 @@ def adapt(task: TaskBench, method: str, seed: int, source_dir: str, source_iters
            "TEST.EVAL_PERIOD", str(total), "DATASETS.TEST", f"('{task.target_val}','{task.source_val}')",
            "TEST.BEST_CHECKPOINT.ENABLED", "False", "MIC.BURN_IN_ITERS", str(source_iters),
            "UDA.START_ITER", str(source_iters)] + overrides
-    print(f"[seed {seed}] {method}: {' '.join(cmd)}", flush=True)
+    say(f"[seed {seed}] {method}: {' '.join(cmd)}")
     wall = execute(cmd, os.path.join(out, "stdout.txt"), threads, label=f"[seed {seed}] {method}",
                    total_iters=total, dataset=task.target_val)
-    print(f"[seed {seed}] {method}: {wall:.0f} s", flush=True)
+    say(f"[seed {seed}] {method}: {wall:.0f} s")
     return out
 
 

@@ -362,6 +362,34 @@ def test_a_benchmark_run_prints_where_its_log_is_and_its_progress_while_it_train
     assert "[seed 0] mic: step 20/40, total_loss 2.000, ETA 1 min 01 s" in out
 
 
+def test_lines_said_from_two_threads_stay_whole(monkeypatch):
+    """``--jobs 2`` reports from two threads; ``print`` writes a line and its newline apart."""
+    import threading
+    import time
+
+    class SlowStream:  # gives the other thread the GIL at every write, as a busy terminal may
+        def __init__(self):
+            self.parts = []
+
+        def write(self, text):
+            self.parts.append(text)
+            time.sleep(0.0005)
+
+        def flush(self):
+            pass
+
+    stream = SlowStream()
+    monkeypatch.setattr(sys, "stdout", stream)
+    lines = {name: [f"[{name}] line {i}" for i in range(50)] for name in ("seed 0", "seed 1")}
+    threads = [threading.Thread(target=lambda ls=ls: [run_progress.say(x) for x in ls]) for ls in lines.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    said = "".join(stream.parts).splitlines()
+    assert sorted(said) == sorted(lines["seed 0"] + lines["seed 1"])
+
+
 def test_a_source_models_cache_folder_follows_config_values_through_bases_not_comments(tmp_path):
     """One rule names the cached source models of every benchmark (detection, segmentation, classification)."""
     (tmp_path / "base.yaml").write_text("SOLVER:\n  BASE_LR: 0.02\n")
