@@ -490,3 +490,24 @@ def test_the_documented_benchmark_commands_run_the_scripts_as_modules_from_the_r
         with open(os.path.join(REPO, doc)) as f:
             found += [f"{doc}:{i}: {line.strip()}" for i, line in enumerate(f, 1) if by_path.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_the_demo_trains_its_source_model_with_one_thread_as_the_benchmark_does(monkeypatch, tmp_path):
+    """The thread count changes the trained weights and the cache key does not hold it: the demo's one
+    source model must train as the benchmark's do (one thread a run), not with the idle worker's core."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def source_model(seed, budget, cache_dir, threads):
+        seen[seed] = threads
+        raise Stop
+
+    monkeypatch.setattr(adaptation, "source_model", source_model)
+    for flags in (["--demo"], ["--jobs", "2", "--seeds", "0,1,2"]):
+        seen.clear()
+        with pytest.raises(Stop):
+            adaptation.main(flags + ["--out-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "r.json"),
+                                     "--cache-dir", str(tmp_path / "cache"), "--progress-every", "0"])
+        assert set(seen.values()) == {1}, (flags, seen)
