@@ -138,18 +138,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
 
 # --------------------------------------------------------------------------- running
 def dataset_info(shift: str = "fog") -> Dict:
-    """The built-in set's parameters (generated on first use by the first run if missing).
+    """The built-in set's parameters, drawing the set (and ``shift``'s splits) first if missing.
 
+    The source models' cache key is made of them (:func:`source_data_key`): read
+    before the set exists, it would name another folder than every later run's, so
+    a fresh clone's ``make demo`` would train a source model no later run finds.
     ``info.json`` describes the clear -> foggy pair; for ``shift`` "night" the
     night splits' own info file is added under "night".
     """
-    from mic_det.data.synthetic import default_synthetic_root, read_domain_pair_info, read_night_info
+    from mic_det.data.synthetic import default_synthetic_root, ensure_synthetic_set
 
     root = default_synthetic_root()
     root = root if os.path.isabs(root) else os.path.join(REPO, root)
-    info = {"root": root, **(read_domain_pair_info(root) or {})}
+    pair, nights = ensure_synthetic_set(root, night=shift == "night")
+    info = {"root": root, **pair}
     if shift == "night":
-        info["night"] = read_night_info(root)
+        info["night"] = nights
     return info
 
 

@@ -505,9 +505,30 @@ def test_the_demo_trains_its_source_model_with_one_thread_as_the_benchmark_does(
         raise Stop
 
     monkeypatch.setattr(adaptation, "source_model", source_model)
+    monkeypatch.setattr(adaptation, "source_data_key", lambda: ["the built-in set"])  # draws nothing
     for flags in (["--demo"], ["--jobs", "2", "--seeds", "0,1,2"]):
         seen.clear()
         with pytest.raises(Stop):
             adaptation.main(flags + ["--out-dir", str(tmp_path / "runs"), "--output", str(tmp_path / "r.json"),
                                      "--cache-dir", str(tmp_path / "cache"), "--progress-every", "0"])
         assert set(seen.values()) == {1}, (flags, seen)
+
+
+def test_the_source_models_key_is_read_from_the_built_in_set_drawn_first(monkeypatch, tmp_path):
+    """On a fresh clone the set is not drawn yet when the benchmark names its source models: the key must
+    come from the set as it will be (drawn first), or the demo's model lands in a folder no later run finds."""
+    import mic_det.data.synthetic as synthetic
+
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path))  # nothing drawn there
+    drawn = []
+    pair = {"generator": "scenes", "version": 3, "seed": 0, "height": 192, "width": 320,
+            "splits": {"source_train": 600}}
+
+    def ensure_synthetic_set(root, night=False, **kwargs):
+        drawn.append((root, night))
+        return pair, ({"exposure": 0.1} if night else None)
+
+    monkeypatch.setattr(synthetic, "ensure_synthetic_set", ensure_synthetic_set)
+    assert adaptation.source_data_key() == ["scenes", 3, 0, 192, 320, 600]
+    assert adaptation.dataset_info("night")["night"] == {"exposure": 0.1}
+    assert [n for _, n in drawn] == [False, True] and all(r.startswith(str(tmp_path)) for r, _ in drawn)
